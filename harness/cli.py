@@ -1,0 +1,163 @@
+"""``harness``: run suites, validate them, list plugins, open the MLflow UI.
+
+Bad input (a suite, a plugin, an option, a data root) ends with one line on stderr naming the
+file and key, and exit code 2; a stage run that fails is recorded and gives exit code 1; Ctrl-C
+gives 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXIT_FAILED_RUNS = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="harness home folder holding the MLflow store "
+                                       "(default: $HARNESS_HOME or ./.harness)")
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="also load this plugin module (repeatable)")
+    p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0],
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a suite (skips finished stage runs)")
+    run.add_argument("suite")
+    run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
+    run.add_argument("--executor", default="inline", help="where stage runs execute (default inline)")
+    run.add_argument("-j", "--jobs", type=int, default=None, help="parallel stage runs")
+    run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+    run.add_argument("--download", action="store_true",
+                     help="allow torchvision to download missing dataset files")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    val = sub.add_parser("validate", parents=[common], help="check a suite without running it")
+    val.add_argument("suite")
+    val.add_argument("--profile")
+
+    plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
+    plug.add_argument("--json", action="store_true")
+
+    lst = sub.add_parser("list", parents=[common], help="list registered names of one kind")
+    lst.add_argument("kind", choices=["datasets", "architectures", "methods", "evaluators",
+                                      "executors"])
+
+    ui = sub.add_parser("ui", parents=[common], help="open the MLflow UI on this store (loopback)")
+    ui.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except UserError as err:
+        print(f"harness: error: {err.format()}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("harness: interrupted; running stage runs were recorded as KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args, argv) -> int:
+    from .plugins import load
+    from .tracking import resolve_home
+
+    home = resolve_home(args.home)
+    if args.command == "validate":
+        return _validate(args, load(args.plugin))
+    if args.command == "plugins":
+        return _plugins(args, load(args.plugin))
+    if args.command == "list":
+        registry = load(args.plugin).registry(args.kind)
+        for name in registry.names():
+            entry = registry.get(name)
+            print(f"{name:<20} {entry.plugin:<24} {entry.describe()}")
+        return 0
+    if args.command == "ui":
+        return _ui(home, args.port)
+    return _run(args, argv, home, load(args.plugin))
+
+
+def _validate(args, plugins) -> int:
+    from .suite import check_plugins, expand, load_suite
+
+    suite = load_suite(args.suite, args.profile)
+    check_plugins(suite, plugins)
+    runs = expand(suite)
+    profile = f", profile {suite.profile!r}" if suite.profile else ""
+    print(f"{args.suite}: suite {suite.name!r}{profile} is valid: {len(suite.settings)} setting(s), "
+          f"{len(runs)} stage runs")
+    return 0
+
+
+def _plugins(args, plugins) -> int:
+    infos = plugins.describe()
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    for info in infos:
+        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registers.items()) or "-"
+        hooks = ", ".join(h.replace("harness_", "") for h in info.hooks)
+        print(f"{info.name} {info.version} ({info.module})\n    hooks: {hooks}\n    registers: {regs}")
+    return 0
+
+
+def _ui(home: Path, port: int) -> int:
+    from .tracking import tracking_uri
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(home),
+           "--default-artifact-root", (home / "artifacts").as_uri(),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    print(f"MLflow UI on http://127.0.0.1:{port} for {tracking_uri(home)} (Ctrl-C stops it)")
+    return subprocess.call(cmd)
+
+
+def _run(args, argv, home: Path, plugins) -> int:
+    from .progress import Progress
+    from .runner import Driver, make_plan
+    from .suite import load_suite
+    from .tracking import Tracker
+
+    suite = load_suite(args.suite, args.profile)
+    data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
+    if args.download:
+        for setting in suite.settings:
+            for stage in setting.stages.values():
+                stage.run["download"] = True
+    executor_entry = plugins.get("executors", args.executor)
+    jobs = args.jobs if args.jobs is not None else (1 if args.executor == "inline" else os.cpu_count() or 1)
+    executor = executor_entry.obj(jobs=jobs)
+    progress = Progress(quiet=args.quiet)
+    plan = make_plan(suite, plugins, data_root)
+    if args.dry_run:
+        for run in plan.runs:
+            print(f"{run.name:<40} {plan.identities[run.key]}  epochs={run.run['epochs']}")
+        print(f"{len(plan.runs)} stage runs")
+        return 0
+    tracker = Tracker(home, suite.name)
+    command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
+                    progress=progress, command=command, plugin_modules=args.plugin)
+    outcome = driver.run()
+    if outcome.failed or outcome.skipped:
+        progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
+                     f"skipped, {outcome.already} already finished")
+        for msg in outcome.messages:
+            progress.say(f"  failed: {msg}")
+    elif outcome.finished:
+        progress.say(f"{outcome.finished} stage runs finished ({outcome.already} already were); "
+                     f"store: {tracker.uri}")
+    return outcome.exit_code

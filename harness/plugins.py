@@ -1,0 +1,214 @@
+"""Plugin loading and the name registries the hooks fill.
+
+Built-in plugins and third-party plugins load the same way: through the ``harness`` entry-point
+group. ``HARNESS_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only this distribution's own entry points (the
+built-ins), so a broken third-party package cannot stop a run; ``--plugin module.path`` (or
+``HARNESS_PLUGINS=a.b,c.d``) loads more modules for one invocation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import UserError, suggest
+
+DIST_NAME = "harness"
+ENTRY_POINT_GROUP = "harness"
+KINDS = ("datasets", "architectures", "methods", "evaluators", "executors")
+AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
+EXTRA_PLUGINS_ENV = "HARNESS_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: what it builds and which plugin (and version) registered it."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    version: str
+    description: str = ""
+
+    def describe(self) -> str:
+        if self.description:
+            return self.description
+        doc = inspect.getdoc(self.obj) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+@dataclass
+class Registry:
+    """All names of one kind. Lookups of unknown names fail with the nearest names suggested."""
+
+    kind: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+    def add(self, entry: Entry) -> None:
+        if entry.name in self.entries:
+            first = self.entries[entry.name]
+            raise UserError(
+                f"{self.kind[:-1]} {entry.name!r} is registered twice: by plugin {first.plugin!r} "
+                f"and by plugin {entry.plugin!r}",
+                hint="uninstall or disable one of them, or rename one registration")
+        self.entries[entry.name] = entry
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UserError(f"unknown {self.kind[:-1]} {name!r}",
+                            hint=suggest(name, self.entries)) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    version: str
+    hooks: list[str]
+    registers: dict[str, list[str]]
+
+
+class Plugins:
+    """The loaded plugin manager plus its filled registries."""
+
+    def __init__(self, extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None):
+        self.pm = pluggy.PluginManager("harness")
+        self.pm.add_hookspecs(hookspecs)
+        self.versions: dict[str, str] = {}
+        self.extra_modules = tuple(extra_modules)
+        if autoload is None:
+            autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+        self._load_entry_points(third_party=autoload)
+        env_extra = [m for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
+        for module in [*env_extra, *self.extra_modules]:
+            self.load_module(module.strip())
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self._fill_registries()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_entry_points(self, *, third_party: bool) -> None:
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            if not third_party and dist != DIST_NAME:
+                continue
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin package: say which, never a traceback
+                raise UserError(f"plugin {ep.name!r} (package {dist}) failed to import: "
+                                f"{type(exc).__name__}: {exc}",
+                                hint=f"fix or uninstall {dist}, or set {AUTOLOAD_ENV}=1 to load "
+                                     "only the built-in plugins") from None
+            version = ep.dist.version if ep.dist is not None else "0"
+            self._register(module, ep.name, version)
+
+    def load_module(self, dotted: str) -> None:
+        if self.pm.get_plugin(dotted) is not None:
+            return
+        try:
+            module = importlib.import_module(dotted)
+        except Exception as exc:
+            raise UserError(f"plugin module {dotted!r} failed to import: {type(exc).__name__}: {exc}",
+                            key="--plugin",
+                            hint="give an importable dotted module path on sys.path") from None
+        version = str(getattr(module, "__version__", "0"))
+        self._register(module, dotted, version)
+
+    def _register(self, module, name: str, version: str) -> None:
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            raise UserError(f"plugin {name!r} is invalid: {exc}",
+                            hint="hook implementations must be named after a hook in "
+                                 "harness.hookspecs, e.g. harness_register_methods") from None
+        self.versions[name] = version
+
+    # -- registries ------------------------------------------------------------------------
+    def _fill_registries(self) -> None:
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"harness_register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin_name = impl.plugin_name
+                version = self.versions.get(plugin_name, "0")
+
+                def register(name, obj, description=None, *, _kind=kind, _plugin=plugin_name,
+                             _version=version):
+                    self.registries[_kind].add(Entry(_kind, str(name), obj, _plugin, _version,
+                                                     description or ""))
+
+                impl.function(register=register)
+
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def get(self, kind: str, name: str) -> Entry:
+        return self.registries[kind].get(name)
+
+    def describe(self) -> list[PluginInfo]:
+        by_plugin: dict[str, dict[str, list[str]]] = {}
+        for kind, registry in self.registries.items():
+            for entry in registry.entries.values():
+                by_plugin.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            infos.append(PluginInfo(name=name, module=getattr(plugin, "__name__", str(plugin)),
+                                    version=self.versions.get(name, "0"), hooks=hooks,
+                                    registers={k: sorted(v) for k, v in
+                                               by_plugin.get(name, {}).items()}))
+        return sorted(infos, key=lambda i: i.name)
+
+
+def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
+    """Refuse options the plugin's factory does not accept, naming the nearest accepted ones.
+
+    ``skip`` is the number of leading positional parameters the core itself passes (the model
+    and context of a method, the shape and class count of an architecture, ...).
+    """
+    target = entry.obj.__init__ if inspect.isclass(entry.obj) else entry.obj
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if inspect.isclass(entry.obj):
+        params = params[1:]  # self
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params[skip:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in options:
+        if key not in accepted:
+            raise UserError(f"{entry.kind[:-1]} {entry.name!r} has no option {key!r}",
+                            key=key, hint=suggest(key, accepted) or f"{entry.name} takes no options")
+
+
+_cache: dict[tuple, Plugins] = {}
+
+
+def load(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
+    """The process-wide plugins for these extra modules (loading entry points is not free)."""
+    key = (tuple(extra_modules), os.environ.get(AUTOLOAD_ENV, ""), os.environ.get(EXTRA_PLUGINS_ENV, ""),
+           tuple(sys.path))
+    if key not in _cache:
+        _cache[key] = Plugins(extra_modules)
+    return _cache[key]

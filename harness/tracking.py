@@ -1,0 +1,251 @@
+"""MLflow bookkeeping: where the store is, experiments, parent/child runs, identities, skipping.
+
+Only the driver process writes to the store (a SQLite file does not like concurrent writers);
+workers hand their results back. Metrics are sent in batches (``log_batch``), never one
+synchronous call per step: one synchronous metric costs about 25 ms on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HOME_ENV = "HARNESS_HOME"
+DEFAULT_HOME = ".harness"
+TAG = "harness."
+FLUSH_SECONDS = 10.0
+MAX_BATCH = 1000
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """``--home`` wins, then ``$HARNESS_HOME``, then ``./.harness``; always absolute, so runs
+    started from another working directory land in the same store."""
+    chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
+    return Path(chosen).expanduser().resolve()
+
+
+def tracking_uri(home: Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set (a server, another database), else SQLite in the home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("harness", "torch", "torchvision", "mlflow", "pluggy", "numpy", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit(path: Path) -> str:
+    folder = path if path.is_dir() else path.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def identity(config: dict[str, Any], upstream: dict[str, str], versions: dict[str, str],
+             fingerprint: str) -> str:
+    """A stage run's identity: its resolved config (without settings that cannot change the
+    result), its upstream identities, the versions of the plugins it uses and its data."""
+    config = json.loads(json.dumps(config, sort_keys=True, default=str))
+    config.get("run", {}).pop("download", None)
+    config.get("run", {}).pop("eval_batch_size", None)
+    blob = json.dumps({"config": config, "upstream": upstream, "versions": versions,
+                       "data": fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+@dataclass
+class FinishedRun:
+    run_id: str
+    name: str
+    artifact_uri: str
+
+
+class Tracker:
+    """The MLflow side of one ``harness run`` invocation."""
+
+    def __init__(self, home: Path, suite_name: str):
+        import logging
+
+        import mlflow  # noqa: F401  (slow import: only when tracking is needed)
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # schema-migration chatter on a new store
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri(home)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.suite_name = suite_name
+        self.experiment_id = self._experiment(suite_name)
+        self.parent_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.home / "artifacts" / name).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    # -- lookups ------------------------------------------------------------------------------
+    def runs(self, status: str | None = None) -> list:
+        """All stage runs of this experiment (children, not invocation parents)."""
+        flt = f"tags.`{TAG}identity` != ''"
+        if status:
+            flt += f" and attributes.status = '{status}'"
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt,
+                                           max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def finished(self) -> dict[str, FinishedRun]:
+        """Identity -> the finished stage run that has it (the newest if, oddly, several)."""
+        found: dict[str, FinishedRun] = {}
+        for run in sorted(self.runs("FINISHED"), key=lambda r: r.info.start_time or 0):
+            ident = run.data.tags.get(f"{TAG}identity")
+            found[ident] = FinishedRun(run.info.run_id, run.info.run_name, run.info.artifact_uri)
+        return found
+
+    def artifact_path(self, run: FinishedRun, path: str) -> str:
+        """A local path to one artifact: the file itself for a local store, else a download."""
+        uri = run.artifact_uri
+        if uri.startswith("file://") or uri.startswith("/"):
+            from urllib.parse import unquote, urlparse
+            local = Path(unquote(urlparse(uri).path)) / path
+            if local.exists():
+                return str(local)
+        cache = self.home / "cache" / run.run_id
+        cache.mkdir(parents=True, exist_ok=True)
+        return self.client.download_artifacts(run.run_id, path, str(cache))
+
+    # -- writing -----------------------------------------------------------------------------
+    def start_parent(self, suite_path: Path, profile: str | None, command: str,
+                     resolved: dict) -> str:
+        tags = {
+            f"{TAG}suite": self.suite_name, f"{TAG}kind": "invocation",
+            f"{TAG}profile": profile or "", f"{TAG}command": command,
+            f"{TAG}git_commit": git_commit(suite_path.resolve()),
+            f"{TAG}versions": json.dumps(library_versions(), sort_keys=True),
+            f"{TAG}host": platform.node(),
+        }
+        name = f"{self.suite_name}@{time.strftime('%Y-%m-%d %H:%M:%S')}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.parent_id = run.info.run_id
+        if suite_path.is_file():
+            self.client.log_artifact(self.parent_id, str(suite_path), "suite")
+        self.client.log_dict(self.parent_id, resolved, "suite/resolved.json")
+        return self.parent_id
+
+    def finish_parent(self, status: str, summary: dict[str, float]) -> None:
+        if self.parent_id is None:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0)
+                                                       for k, v in summary.items()])
+        self.client.set_terminated(self.parent_id, status)
+
+    def start_child(self, name: str, tags: dict[str, str], params: dict[str, str],
+                    config: dict) -> str:
+        from mlflow.entities import Param
+        all_tags = {"mlflow.parentRunId": self.parent_id, **tags}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        self.client.log_dict(run_id, config, "config.json")
+        return run_id
+
+    def log_metrics(self, run_id: str, rows: list[dict[str, float]]) -> None:
+        """Per-epoch rows (each with its 'epoch') as MLflow metrics, in batches."""
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(row["epoch"]))
+                   for row in rows for k, v in row.items() if k != "epoch"]
+        for i in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])
+
+    def finish_child(self, run_id: str, status: str, summary: dict[str, float],
+                     params: dict[str, Any], artifact_dir: str | None, tags: dict[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(f"final_{k}", float(v), now, 0) for k, v in summary.items()],
+            params=[Param(f"measured.{k}", str(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()])
+        if artifact_dir and Path(artifact_dir).is_dir() and any(Path(artifact_dir).iterdir()):
+            self.client.log_artifacts(run_id, artifact_dir)
+        self.client.set_terminated(run_id, status)
+        if artifact_dir:
+            shutil.rmtree(artifact_dir, ignore_errors=True)
+
+
+class EpochBuffer:
+    """Collects per-epoch rows of a running stage and sends them every ``FLUSH_SECONDS``.
+
+    The MLflow UI then shows training curves while a long stage runs, at the cost of one batched
+    call every few seconds instead of one call per metric.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, interval: float = FLUSH_SECONDS):
+        self.tracker, self.run_id, self.interval = tracker, run_id, interval
+        self.rows: list[dict[str, float]] = []
+        self.sent = 0
+        self.last = time.monotonic()
+
+    def add(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.rows.append(dict(metrics))
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self.rows[self.sent:]
+        if pending:
+            self.tracker.log_metrics(self.run_id, pending)
+            self.sent = len(self.rows)
+        self.last = time.monotonic()
+
+
+def short_sys() -> str:
+    return f"{platform.machine()} {sys.platform}"
