@@ -136,6 +136,16 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.model = model
         object.__setattr__(self, "ctx", ctx)  # not a submodule: never trained nor checkpointed
 
+    def __setattr__(self, name: str, value) -> None:
+        ctx = self.__dict__.get("ctx")
+        if ctx is not None and isinstance(value, nn.Module) and any(
+                value is m for ref in ctx.upstream.values() for m in ref.modules()):
+            # an upstream reference (or a part of one) kept as an attribute stays frozen: not a
+            # submodule, so it is neither trained, nor switched to train mode, nor checkpointed
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     @abstractmethod
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Named scalar loss terms for one batch; the engine sums them and logs each per epoch."""

@@ -66,7 +66,9 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
             try:
                 data[dkey] = build_data(plugins, spec, str(data_root), bool(run.run.get("download")))
             except UserError as err:
-                raise err.located(file=suite.path, key=run.dataset.key) from None
+                key = (run.dataset.key if err.key in (None, "dataset")
+                       else f"{run.dataset.key}.{err.key}")
+                raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
             fingerprints[dkey] = data[dkey].fingerprint()
         versions = {kind: plugins.get(kind, ref.name).version for kind, ref in
                     (("datasets", run.dataset), ("architectures", run.architecture),
@@ -231,7 +233,8 @@ class Driver:
     def tags(self, run: StageRun) -> dict[str, str]:
         return {
             f"{TAG}suite": run.suite, f"{TAG}setting": run.setting, f"{TAG}stage": run.stage,
-            f"{TAG}method": run.method.label, f"{TAG}method_name": run.method.name,
+            f"{TAG}method": run.row, f"{TAG}stage_method": run.method.label,
+            f"{TAG}method_name": run.method.name,
             f"{TAG}dataset": run.dataset.label, f"{TAG}architecture": run.architecture.label,
             f"{TAG}seed": str(run.seed), f"{TAG}replicate": str(run.replicate),
             f"{TAG}cell": json.dumps(run.cell, sort_keys=True),

@@ -123,6 +123,7 @@ class StageRun:
     replicate: int
     seed: int
     cell: dict[str, str]  # axis -> label, only the axes this stage depends on
+    row: str  # the method label tables file this run under (the grid's method, if it depends on it)
     dataset: PluginRef
     architecture: PluginRef
     method: PluginRef
@@ -139,7 +140,7 @@ class StageRun:
         """The resolved configuration: what defines this run (apart from upstream and data)."""
         return {
             "suite": self.suite, "setting": self.setting, "stage": self.stage,
-            "replicate": self.replicate, "seed": self.seed, "cell": dict(self.cell),
+            "replicate": self.replicate, "seed": self.seed, "cell": dict(self.cell), "row": self.row,
             "dataset": self.dataset.spec(), "architecture": self.architecture.spec(),
             "method": {**self.method.spec(), "label": self.method.label},
             "run": dict(self.run), "evaluate": [e.spec() for e in self.evaluate],
@@ -458,11 +459,17 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
     # every stage must get each of dataset/architecture/method from somewhere
     for st in stages.values():
         for axis in AXES:
+            if axis == "architecture" and own_architecture(stages, st.name) is not None:
+                continue
             if getattr(st, axis) is None and axis not in grid:
                 c.fail(f"{p}stages.{st.name}", f"stage {st.name!r} has no {axis}",
                        f"name one in the stage (`{axis}: ...`) or add grid.{axis}")
     for axis in grid:
-        if all(getattr(st, axis) is not None for st in stages.values()):
+        if axis == "architecture":
+            unused = all(own_architecture(stages, st.name) is not None for st in stages.values())
+        else:
+            unused = all(getattr(st, axis) is not None for st in stages.values())
+        if unused:
             c.fail(f"{p}grid.{axis}", f"grid.{axis} is not used: every stage names its own {axis}",
                    f"remove grid.{axis}, or leave `{axis}:` out of a stage")
     claims = raw.get("claims") or []
@@ -520,12 +527,24 @@ def topological(stages: dict[str, StageDecl]) -> list[str]:
     return order
 
 
+def own_architecture(stages: dict[str, StageDecl], name: str) -> PluginRef | None:
+    """The architecture a stage names, or inherits from its ``from:`` stage (whose weights it
+    starts from, so it must be the same network); None when it takes the grid's."""
+    st = stages[name]
+    if st.architecture is not None:
+        return st.architecture
+    if st.from_stage is not None:
+        return own_architecture(stages, st.from_stage)
+    return None
+
+
 def stage_axes(stages: dict[str, StageDecl], grid: dict) -> dict[str, tuple[str, ...]]:
     """Which grid axes each stage's runs vary with: its own, plus every upstream stage's."""
     deps: dict[str, tuple[str, ...]] = {}
     for name in topological(stages):
         st = stages[name]
-        own = {axis for axis in AXES if getattr(st, axis) is None and axis in grid}
+        own = {axis for axis in AXES if getattr(st, axis) is None and axis in grid
+               and not (axis == "architecture" and st.from_stage)}
         for up in st.upstream():
             own |= set(deps[up])
         deps[name] = tuple(a for a in AXES if a in own)
@@ -556,9 +575,19 @@ def expand(suite: Suite) -> list[StageRun]:
                         continue
                     labels = {a: cell[a].label for a in deps[stname]}
                     dataset = st.dataset or cell["dataset"]
-                    architecture = st.architecture or cell["architecture"]
+                    architecture = own_architecture(setting.stages, stname) or cell["architecture"]
                     method = st.method or cell["method"]
-                    name_parts = [stname, method.label]
+                    # the row a run belongs to: the grid's method, or the method of the stage it
+                    # starts from (AB of RR6 is an RR6 result even though AB trains with std)
+                    from_key = (_key(setting.name, st.from_stage, deps[st.from_stage], cell,
+                                     replicate) if st.from_stage else None)
+                    if "method" in labels:
+                        row = labels["method"]
+                    elif from_key is not None:
+                        row = runs[from_key].row
+                    else:
+                        row = method.label
+                    name_parts = [stname, row]
                     for a in ("dataset", "architecture"):
                         if a in deps[stname] and len(setting.grid.get(a, [])) > 1:
                             name_parts.append(labels[a])
@@ -571,11 +600,10 @@ def expand(suite: Suite) -> list[StageRun]:
                         replicate=replicate,
                         seed=derive_seed(suite.name, setting.name, stname,
                                          sorted(labels.items()), replicate),
-                        cell=labels, dataset=dataset, architecture=architecture, method=method,
+                        cell=labels, row=row, dataset=dataset, architecture=architecture, method=method,
                         run=dict(st.run),
                         evaluate=st.evaluate if st.evaluate is not None else setting.evaluate,
-                        from_key=(_key(setting.name, st.from_stage, deps[st.from_stage], cell, replicate)
-                                  if st.from_stage else None),
+                        from_key=from_key,
                         refs={r: _key(setting.name, s, deps[s], cell, replicate)
                               for r, s in st.refs.items()},
                         name=name)

@@ -197,9 +197,9 @@ def test_mnist5k_blur(ctx):
     assert torch.allclose(plain.train.x[inner].sum((1, 2, 3)), blurred.train.x[inner].sum((1, 2, 3)),
                           rtol=1e-4)
     # and smooths along rows only: horizontal differences shrink much more than vertical ones
-    dx = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()
-    dy = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()
-    assert dx(blurred.train.x) / dx(plain.train.x) < 0.5 * dy(blurred.train.x) / dy(plain.train.x)
+    dx = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean().item()
+    dy = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean().item()
+    assert dx(blurred.train.x) / dx(plain.train.x) < dy(blurred.train.x) / dy(plain.train.x) - 0.1
     assert OFFLINE["mnist5k_blur"](ctx, motion_blur=3).name == "mnist5k+blur3"
     assert OFFLINE["mnist5k_blur"](ctx, motion_blur=0).fingerprint() == plain.fingerprint()
 

@@ -4,9 +4,10 @@ Using torchvision's classes (not our own parsers) means the files users already 
 torchvision project work as they are, with torchvision's integrity checks, and ``download: true``
 fetches exactly what those classes expect.
 
-Where the files go. Each data set has its own folder under the data root (``DatasetContext.root``,
-which the suite or the command line sets), so that data sets whose files sit loose in
-torchvision's root (SVHN, USPS) cannot collide. Inside it, torchvision's layout::
+Where the files go. Each data set has its own folder under the data root
+(``DatasetContext.root``: ``harness run --data-root``, by default ``data/`` in the harness home),
+so that data sets whose files sit loose in torchvision's root (SVHN, USPS) cannot collide.
+Inside it, torchvision's layout::
 
     <data root>/mnist/MNIST/raw/          train-images-idx3-ubyte  train-labels-idx1-ubyte
                                           t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte

@@ -1,0 +1,55 @@
+"""Shared fixtures: every test gets its own harness home and no outside MLflow server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HARNESS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HARNESS_PLUGINS", raising=False)
+    monkeypatch.delenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    """Write a suite's YAML text into the test's folder and return its path."""
+
+    def write(text: str, name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def subprocess_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def harness_cli():
+    """Run the real ``harness`` console script in a subprocess."""
+    import subprocess
+
+    def run(*args, env=None, cwd=None):
+        exe = Path(sys.executable).with_name("harness")
+        return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                              env=subprocess_env(env), cwd=cwd, timeout=600)
+
+    return run

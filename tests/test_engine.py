@@ -1,0 +1,100 @@
+"""The engine: determinism, schedules, failures, weights from upstream, a two-network method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.api import load_matching
+from harness.engine import StageTask, lr_factor, run_stage
+from harness.meters import choose_threads, macs_per_sample
+from harness.plugins import Plugins
+from harness.suite import RUN_DEFAULTS
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return Plugins(["harness_test_plugins"])
+
+
+def task(tmp_path, method="std", epochs=3, **run):
+    settings = {**RUN_DEFAULTS, "epochs": epochs, "batch_size": 512, "lr": 4e-3, "threads": 1, **run}
+    return StageTask(name="t", identity="id", stage="A", seed=123, dataset={"name": "ib12"},
+                     architecture={"name": "mi_mlp"},
+                     method=method if isinstance(method, dict) else {"name": method},
+                     run=settings, evaluate=[{"name": "accuracy"}], config={},
+                     artifact_dir=str(tmp_path / "art"), data_root=str(tmp_path / "data"))
+
+
+def test_same_task_gives_identical_metrics(tmp_path, plugins):
+    first = run_stage(task(tmp_path / "a"), plugins)
+    second = run_stage(task(tmp_path / "b"), plugins)
+    assert first.ok and second.ok
+    strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k}
+                       for row in h]
+    assert strip(first.history) == strip(second.history)
+    assert first.history[-1]["loss"] < first.history[0]["loss"]
+    assert (tmp_path / "a" / "art" / "checkpoint.pt").is_file()
+    for key in ("peak_rss_mb", "seconds_per_epoch", "train_samples_per_s", "test_acc"):
+        assert key in first.summary
+    assert first.params["model_params"] == 294 and first.params["threads"] == 1
+
+
+def test_nan_loss_fails_the_run_with_the_epoch(tmp_path, plugins):
+    result = run_stage(task(tmp_path, {"name": "explode", "after": 2}, epochs=5), plugins)
+    assert result.status == "FAILED"
+    assert "loss became nan in epoch 3" in result.error
+    assert len(result.history) == 2
+
+
+def test_plugin_exception_is_recorded_with_traceback(tmp_path, plugins):
+    result = run_stage(task(tmp_path, "boom"), plugins)
+    assert result.status == "FAILED" and "boom from a plugin" in result.error
+    assert "Traceback" in (tmp_path / "art" / "traceback.txt").read_text()
+
+
+def test_schedules():
+    assert lr_factor({"name": "constant"}, 50, 100) == 1.0
+    ms = {"name": "multistep", "milestones": [80, 120], "gamma": 0.1}
+    assert [lr_factor(ms, e, 180) for e in (79, 80, 119, 120)] == pytest.approx([1, .1, .1, .01])
+    assert lr_factor({"name": "step", "step_size": 10, "gamma": 0.5}, 25, 100) == 0.25
+    cos = {"name": "cosine"}
+    assert lr_factor(cos, 0, 10) == 1.0 and lr_factor(cos, 5, 10) == pytest.approx(0.5)
+
+
+def test_schedule_reaches_the_optimizer(tmp_path, plugins):
+    result = run_stage(task(tmp_path, epochs=4, schedule={"name": "step", "step_size": 2,
+                                                          "gamma": 0.1}), plugins)
+    assert [row["lr"] for row in result.history] == pytest.approx([4e-3, 4e-3, 4e-4, 4e-4])
+
+
+def test_load_matching_keeps_a_head_of_another_size():
+    source = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 10))
+    target = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 100))
+    fresh_head = target[2].weight.clone()
+    loaded, skipped = load_matching(target, source.state_dict())
+    assert loaded == ["0.weight", "0.bias"] and skipped == ["2.weight", "2.bias"]
+    assert torch.equal(target[0].weight, source[0].weight)
+    assert torch.equal(target[2].weight, fresh_head)
+
+
+def test_macs_and_threads(plugins):
+    mlp = plugins.get("architectures", "mi_mlp").obj((12,), 2)
+    assert macs_per_sample(mlp, (12,)) == 12 * 10 + 10 * 7 + 7 * 5 + 5 * 4 + 4 * 3 + 3 * 2
+    cnn = plugins.get("architectures", "mnist_cnn").obj((1, 28, 28), 10)
+    assert sum(p.numel() for p in cnn.parameters()) == 38645
+    macs = macs_per_sample(cnn, (1, 28, 28))
+    assert macs == 28 * 28 * 64 * 9 + 14 * 14 * 64 * 64 * 9 + 7 * 7 * 64 * 9 + 49 * 10
+    # deliberately: the MI net on one thread, the MNIST CNN on every core it is given
+    assert choose_threads("auto", 294 * 512, 2) == 1
+    assert choose_threads("auto", macs * 64, 2) == 2
+    assert choose_threads(3, 0, 2) == 3
+
+
+def test_run_settings_cover_every_optimizer(tmp_path, plugins):
+    for opt in ("sgd", "adam", "adamw"):
+        result = run_stage(task(tmp_path / opt, epochs=1, optimizer=opt), plugins)
+        assert result.ok and math.isfinite(result.summary["loss"])
