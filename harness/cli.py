@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -36,16 +35,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("suite")
     run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
-    run.add_argument("--executor", default="inline", help="where stage runs execute (default inline)")
-    run.add_argument("-j", "--jobs", type=int, default=None, help="parallel stage runs")
+    run.add_argument("--executor", default=None,
+                     help="where stage runs execute: inline, processes, ray (default: inline, or "
+                          "processes when -j is over 1)")
+    run.add_argument("-j", "--jobs", type=int, default=None,
+                     help="parallel stage runs (default: 1 inline, else the number of cores)")
+    run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
+                                       "started for this run)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue interrupted stage runs from their last saved epoch")
+    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                     help="seconds of training between saves of the state --resume continues "
+                          "from (default 30; 0: every epoch)")
     run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
     run.add_argument("--download", action="store_true",
                      help="allow torchvision to download missing dataset files")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
+    pln = sub.add_parser("plan", parents=[common],
+                         help="what `run` would execute, what finished, and how long it may take")
+    pln.add_argument("suite")
+    pln.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    pln.add_argument("-j", "--jobs", type=int, default=None,
+                     help="estimate for this many parallel stage runs (default: the cores)")
+    pln.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+
     val = sub.add_parser("validate", parents=[common], help="check a suite without running it")
     val.add_argument("suite")
     val.add_argument("--profile")
+
+    rep = sub.add_parser("report", parents=[common],
+                         help="tables, figures and claim verdicts from the runs in the store")
+    rep.add_argument("suite")
+    rep.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    rep.add_argument("--out", help="output folder (default: reports/<suite name>)")
+    rep.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
 
     plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
     plug.add_argument("--json", action="store_true")
@@ -64,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args, argv)
     except UserError as err:
-        print(f"harness: error: {err.format()}", file=sys.stderr)
+        one_line = " ".join(err.format().split())  # a plugin's message may span lines
+        print(f"harness: error: {one_line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("harness: interrupted; running stage runs were recorded as KILLED", file=sys.stderr)
@@ -88,6 +113,10 @@ def _dispatch(args, argv) -> int:
         return 0
     if args.command == "ui":
         return _ui(home, args.port)
+    if args.command == "plan":
+        return _plan(args, home, load(args.plugin))
+    if args.command == "report":
+        return _report(args, argv, home, load(args.plugin))
     return _run(args, argv, home, load(args.plugin))
 
 
@@ -100,6 +129,28 @@ def _validate(args, plugins) -> int:
     profile = f", profile {suite.profile!r}" if suite.profile else ""
     print(f"{args.suite}: suite {suite.name!r}{profile} is valid: {len(suite.settings)} setting(s), "
           f"{len(runs)} stage runs")
+    return 0
+
+
+def _report(args, argv, home: Path, plugins) -> int:
+    from .report import report_suite
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.profile)
+    out = Path(args.out) if args.out else Path("reports") / suite.name
+    data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
+    command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    data, path = report_suite(suite, plugins, home=home, out=out, data_root=data_root, command=command)
+    for i, verdict in enumerate(data.verdicts, 1):
+        setting = f"[{verdict.setting}] " if len(data.settings) > 1 else ""
+        print(f"claim {i} {setting}{verdict.summary()}")
+    counts = data.counts()
+    total = sum(counts.values())
+    if counts.get("finished", 0) < total:
+        print(f"{total - counts.get('finished', 0)} of {total} planned stage runs have not finished "
+              f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()) if k != 'finished')}); "
+              "the report lists them")
+    print(f"report written to {path}")
     return 0
 
 
@@ -125,6 +176,43 @@ def _ui(home: Path, port: int) -> int:
     return subprocess.call(cmd)
 
 
+def _executor(args, plugins):
+    from .executors import cores_here
+    from .plugins import check_options
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"-j must be at least 1, got {args.jobs}", key="-j",
+                        hint="-j 1 runs one stage run at a time")
+    name = args.executor or ("processes" if (args.jobs or 1) > 1 else "inline")
+    try:
+        entry = plugins.get("executors", name)
+    except UserError as err:
+        raise err.located(key="--executor") from None
+    options = {"address": args.address} if args.address else {}
+    try:
+        check_options(entry, options)
+    except UserError as err:
+        raise UserError(err.message, key="--address", hint="--address is for --executor ray") from None
+    jobs = args.jobs if args.jobs is not None else (1 if name == "inline" else cores_here())
+    if args.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be 0 or more seconds", key="--checkpoint-every")
+    return entry.obj(jobs=jobs, **options)
+
+
+def _plan(args, home: Path, plugins) -> int:
+    from .executors import cores_here
+    from .runner import make_plan, plan_text
+    from .suite import load_suite
+    from .tracking import Tracker
+
+    suite = load_suite(args.suite, args.profile)
+    data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
+    plan = make_plan(suite, plugins, data_root)
+    print(plan_text(plan, Tracker.existing(home, suite.name), home,
+                    args.jobs if args.jobs is not None else cores_here()))
+    return 0
+
+
 def _run(args, argv, home: Path, plugins) -> int:
     from .progress import Progress
     from .runner import Driver, make_plan
@@ -137,9 +225,7 @@ def _run(args, argv, home: Path, plugins) -> int:
         for setting in suite.settings:
             for stage in setting.stages.values():
                 stage.run["download"] = True
-    executor_entry = plugins.get("executors", args.executor)
-    jobs = args.jobs if args.jobs is not None else (1 if args.executor == "inline" else os.cpu_count() or 1)
-    executor = executor_entry.obj(jobs=jobs)
+    executor = _executor(args, plugins)
     progress = Progress(quiet=args.quiet)
     plan = make_plan(suite, plugins, data_root)
     if args.dry_run:
@@ -150,7 +236,8 @@ def _run(args, argv, home: Path, plugins) -> int:
     tracker = Tracker(home, suite.name)
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
-                    progress=progress, command=command, plugin_modules=args.plugin)
+                    progress=progress, command=command, plugin_modules=args.plugin,
+                    resume=args.resume, checkpoint_every=args.checkpoint_every)
     outcome = driver.run()
     if outcome.failed or outcome.skipped:
         progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "

@@ -9,18 +9,25 @@ callbacks, all of which must be called in the driver process:
 - ``execute_here(task) -> StageResult``: run the task in this process (the inline way).
 - ``finish(job, result)``: hand the result back for recording.
 
-An executor that ships tasks elsewhere runs ``harness.engine.run_stage(task)`` there instead of
-``execute_here``.
+An executor that ships tasks elsewhere runs ``run_task(task)`` there instead of
+``execute_here`` (the engine's ``run_stage`` plus a per-process cache of the data sets), and
+may pass the epochs its workers report to ``self.on_epoch(job, epoch, metrics)`` in the driver,
+which the driver sets before ``run``: the progress line and the MLflow curves of a long stage
+then move while it runs instead of jumping at its end.
+
+``Ready`` is the bookkeeping every parallel executor needs: which jobs may start now.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import StageResult
-from .engine import StageTask
+from .api import DataBundle, StageResult
+from .engine import StageTask, build_data, run_stage
 
 
 @dataclass
@@ -32,6 +39,9 @@ class Job:
 
 class Executor(ABC):
     """Base class: documents the interface and the default parallelism."""
+
+    #: set by the driver: ``on_epoch(job, epoch, metrics)``, to be called in the driver process
+    on_epoch: Callable[[Job, int, dict], None] | None = None
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, int(jobs))
@@ -45,3 +55,101 @@ class Executor(ABC):
             execute_here: Callable[[StageTask], StageResult],
             finish: Callable[[Job, StageResult], None]) -> None:
         """Execute every job whose dependencies finished, calling back as described above."""
+
+
+class Ready:
+    """Which job may start next: the first, in the order given (the plan's dependency order),
+    whose dependencies among the given jobs are all done.
+
+    A job that was skipped or failed counts as done here; the driver's ``prepare`` then records
+    its dependents as skipped. Taking jobs in plan order means a phase II stage run goes before
+    the phase I runs of later cells as soon as its own phase I finished, so that complete cells
+    (and their results) come early, as with the inline executor.
+    """
+
+    def __init__(self, jobs: list[Job]):
+        keys = {job.key for job in jobs}
+        self.waiting = list(jobs)
+        self.blockers = {job.key: {d for d in job.deps if d in keys} for job in jobs}
+
+    def pop(self) -> Job | None:
+        """The next job that may start (removed from the waiting ones), or None."""
+        for i, job in enumerate(self.waiting):
+            if not self.blockers[job.key]:
+                return self.waiting.pop(i)
+        return None
+
+    def done(self, key: tuple) -> None:
+        for blockers in self.blockers.values():
+            blockers.discard(key)
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+
+def cores_here() -> int:
+    """The cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def driver_context() -> dict:
+    """What a worker must share with the driver for plugins to load the same way there: the
+    ``HARNESS_*`` environment and ``sys.path`` (a forkserver or a Ray worker froze both when it
+    started, possibly before ``--plugin`` or a test changed them), and who the driver is."""
+    from .tracking import process_started
+
+    return {"env": {k: v for k, v in os.environ.items() if k.startswith("HARNESS_")},
+            "sys_path": list(sys.path), "driver": (os.getpid(), process_started(os.getpid()))}
+
+
+def die_with(pid: int, started: str, interval: float = 0.5) -> None:
+    """In a worker on the driver's machine: SIGKILL this process once the driver is gone, so
+    that a killed ``harness run`` leaves nothing training (and writing resume state) behind.
+
+    A watch thread rather than ``PR_SET_PDEATHSIG``: a forkserver's workers are the server's
+    children, and the server outlives the driver as long as any worker holds its pipe."""
+    import signal
+    import threading
+    import time
+
+    from .tracking import process_alive
+
+    def watch() -> None:
+        while process_alive(pid, started):
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="harness-driver-watch", daemon=True).start()
+
+
+def adopt(context: dict) -> None:
+    """In a worker, before ``run_task``: take on the driver's ``driver_context()``."""
+    for k in [k for k in os.environ if k.startswith("HARNESS_")]:
+        if k not in context["env"]:
+            del os.environ[k]
+    os.environ.update(context["env"])
+    for entry in reversed(context["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+_data_cache: dict[str, DataBundle] = {}
+DATA_CACHE_SIZE = 4
+
+
+def run_task(task: StageTask, on_epoch=None) -> StageResult:
+    """A stage run in a worker: the plugins and each data set are loaded once per process."""
+    import json
+
+    from . import plugins as plugin_mod
+
+    plugins = plugin_mod.load(task.plugin_modules)
+    download = bool(task.run.get("download"))
+    key = json.dumps([task.dataset, task.data_root, download], sort_keys=True, default=str)
+    if key not in _data_cache:
+        while len(_data_cache) >= DATA_CACHE_SIZE:  # the oldest goes: workers live for a grid
+            _data_cache.pop(next(iter(_data_cache)))
+        _data_cache[key] = build_data(plugins, task.dataset, task.data_root, download)
+    return run_stage(task, plugins, data=_data_cache[key], on_epoch=on_epoch)

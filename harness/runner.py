@@ -10,17 +10,40 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import DataBundle, StageResult
-from .engine import CHECKPOINT, ModelSource, StageTask, build_data, run_stage
+from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, build_data, run_stage
 from .errors import UserError
 from .executors import Job
 from .progress import Progress
 from .suite import StageRun, Suite, check_plugins, expand
-from .tracking import TAG, EpochBuffer, FinishedRun, Tracker, flatten, git_commit, identity, library_versions
+from .tracking import (TAG, EpochBuffer, FinishedRun, Tracker, flatten, git_commit, identity,
+                       invocation_alive, library_versions)
+
+
+def run_params(run: StageRun) -> dict[str, str]:
+    """The MLflow params of a stage run (``method.*``, ``run.*``, ``dataset.*``, ...)."""
+    params = flatten("", {k: v for k, v in run.config().items()
+                          if k in ("dataset", "architecture", "method", "run", "seed", "replicate")}, {})
+    params["evaluate"] = json.dumps([e.spec() for e in run.evaluate])
+    return params
+
+
+def resume_dir(home: Path, ident: str) -> Path:
+    """Where a stage run keeps the state ``--resume`` continues from."""
+    return home / "resume" / ident
+
+
+def resume_progress(home: Path, ident: str) -> dict | None:
+    """``{"epoch": k, "epochs": n}`` when an interrupted stage run saved its state, else None."""
+    folder = resume_dir(home, ident)
+    return ResumeState.progress(folder) if (folder / ResumeState.FILE).is_file() else None
 
 
 @dataclass
@@ -78,17 +101,88 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
         upstream = {"from": identities[run.from_key]} if run.from_key else {}
         upstream.update({f"refs.{r}": identities[k] for r, k in run.refs.items()})
         identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey])
+    preflight(suite, plugins, runs, data)
     return Plan(suite=suite, runs=runs, identities=identities,
                 fingerprints={r.key: fingerprints[_data_key(r.dataset.spec(), bool(r.run.get("download")))]
                               for r in runs},
                 data=data)
 
 
+def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, DataBundle]) -> None:
+    """Build every distinct network and method once, untrained, before anything is recorded.
+
+    Option values a signature cannot check (an activation name, a network that does not fit the
+    data's shape, a CUDA device on a machine without one, a method that needs a layer the
+    network lacks) then fail as bad input, exit 2, with the suite's key, instead of as FAILED
+    stage runs half-way through a grid. Only ``UserError`` counts here: anything else a plugin
+    raises is left for the stage run to record, with its traceback.
+    """
+    import torch
+
+    from .api import MethodContext
+    from .engine import build_model, resolve_device, split_options
+
+    by_key = {r.key: r for r in runs}
+    methods: dict[tuple, object] = {}
+
+    def locate(err: UserError, ref, own: tuple[str, ...]) -> UserError:
+        key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
+        return UserError(err.message, file=suite.path, key=key, hint=err.hint)
+
+    def method_of(run: StageRun):
+        bundle = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+        shape, classes = bundle.input_shape, bundle.num_classes
+        key = (json.dumps([run.method.spec(), run.architecture.spec(), list(shape), classes,
+                           sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
+                                  for r, k in run.refs.items())], sort_keys=True, default=str))
+        if key in methods:
+            return methods[key]
+        try:
+            model = build_model(plugins, run.architecture.spec(), shape, classes)
+        except UserError as err:
+            raise locate(err, run.architecture, ("architecture",)) from None
+        except Exception:  # noqa: BLE001  as below: the stage run records it
+            methods[key] = None
+            return None
+        upstream = {}
+        for r, k in run.refs.items():
+            ref = method_of(by_key[k])
+            if ref is None:
+                methods[key] = None
+                return None
+            upstream[r] = ref
+        ctx = MethodContext(stage=run.stage, seed=run.seed, epochs=int(run.run["epochs"]),
+                            num_classes=classes, input_shape=shape, train=bundle.train,
+                            device=torch.device("cpu"), upstream=upstream,
+                            build_model=lambda: build_model(plugins, run.architecture.spec(),
+                                                            shape, classes))
+        name, opts = split_options(run.method.spec())
+        try:
+            method = plugins.get("methods", name).obj(model, ctx, **opts)
+            method.eval()
+            method.requires_grad_(False)
+        except UserError as err:
+            raise locate(err, run.method, ("method", name)) from None
+        except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
+            method = None
+        methods[key] = method
+        return method
+
+    for run in runs:
+        try:
+            resolve_device(str(run.run["device"]))
+        except UserError as err:
+            raise UserError(err.message, file=suite.path, key=f"stages.{run.stage}.device",
+                            hint=err.hint) from None
+        method_of(run)
+
+
 class Driver:
     """One invocation of ``harness run``: records every stage run it starts, whatever happens."""
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
-                 executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None):
+                 executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
+                 resume: bool = False, checkpoint_every: float = 30.0):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
@@ -106,9 +200,11 @@ class Driver:
         self.outcome = Outcome()
         self.versions = library_versions()
         self.commit = git_commit(Path(plan.suite.path).resolve())
+        self.resume, self.checkpoint_every = resume, checkpoint_every
 
     # -- the whole invocation -------------------------------------------------------------------
     def run(self) -> Outcome:
+        self.reap()
         self.finished_runs = self.tracker.finished()
         todo = self.plan.todo(self.finished_runs)
         self.outcome.already = len(self.plan.runs) - len(todo)
@@ -119,6 +215,12 @@ class Driver:
         if self.outcome.already:
             self.progress.say(f"{self.outcome.already} of {len(self.plan.runs)} stage runs already "
                               f"finished; running the other {len(todo)}")
+        saved = [r.name for r in todo if resume_progress(self.home, self.plan.identities[r.key])]
+        if saved:
+            self.progress.say(f"{len(saved)} interrupted stage run(s) "
+                              + ("continue from their last saved epoch" if self.resume else
+                                 "start again from epoch 1 (add --resume to continue them from "
+                                 "their last saved epoch)"))
         self.tracker.start_parent(Path(self.plan.suite.path), self.plan.suite.profile, self.command,
                                   resolved=self.resolved())
         self.progress.start(len(todo))
@@ -127,23 +229,80 @@ class Driver:
                 for r in todo]
         status = "FINISHED"
         started = time.perf_counter()
+        self.executor.on_epoch = self.remote_epoch
         try:
             self.executor.run(jobs, self.prepare, self.execute_here, self.finish)
-        except KeyboardInterrupt:
-            status = "KILLED"
-            for key, run_id in list(self.child_ids.items()):
-                self.tracker.client.set_terminated(run_id, "KILLED")
-            self.tracker.finish_parent("KILLED", {})
+        except BaseException as exc:
+            self.abort(exc)
             raise
         finally:
             self.progress.stop()
         if self.outcome.failed or self.outcome.skipped:
             status = "FAILED"
+        self.summarize()
         self.tracker.finish_parent(status, {
             "stage_runs_finished": self.outcome.finished, "stage_runs_failed": self.outcome.failed,
             "stage_runs_skipped": self.outcome.skipped, "stage_runs_already_finished": self.outcome.already,
             "wall_seconds": time.perf_counter() - started})
         return self.outcome
+
+    def reap(self) -> None:
+        """Runs a killed driver left RUNNING become KILLED; a live run of the same suite and
+        profile on this host is refused (both would train, and record, the same stage runs)."""
+        marked, live = self.tracker.reap_orphans()
+        if marked:
+            self.progress.say(f"marked {marked} stage run(s) left RUNNING by a harness run that "
+                              f"died as KILLED; they run again now")
+        for inv in live:
+            tags = inv.data.tags
+            if tags.get(f"{TAG}profile", "") != (self.plan.suite.profile or ""):
+                continue
+            where = f"pid {tags.get(f'{TAG}pid', '?')} on {tags.get(f'{TAG}host', '?')}"
+            if invocation_alive(tags):
+                raise UserError(f"suite {self.plan.suite.name!r} is already being run ({where}, "
+                                f"MLflow run {inv.info.run_id})", file=self.plan.suite.path,
+                                hint="wait for it to end, or stop it; a new run then skips what "
+                                     "it finished")
+            self.progress.say(f"warning: a run of this suite on another host ({where}) is still "
+                              f"marked RUNNING; stage runs it has not finished run here too")
+
+    def abort(self, exc: BaseException) -> None:
+        """Record what was running when the invocation stopped: KILLED for Ctrl-C, FAILED with
+        the reason for anything else. A second Ctrl-C does not interrupt the bookkeeping."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = "KILLED" if interrupted else "FAILED"
+        reason = ("interrupted (Ctrl-C)" if interrupted else
+                  f"the invocation stopped: {type(exc).__name__}: {exc}")
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for key, run_id in list(self.child_ids.items()):
+                try:
+                    self.buffers[key].flush()
+                except Exception:  # noqa: BLE001  the status matters more than the curves
+                    pass
+                self.tracker.client.set_tag(run_id, f"{TAG}error", reason[:5000])
+                self.tracker.client.set_terminated(run_id, status)
+            self.child_ids.clear()
+            # a run whose start or recording the interruption cut short is still RUNNING
+            for run in self.tracker.running_children():
+                self.tracker.client.set_tag(run.info.run_id, f"{TAG}error", reason[:5000])
+                self.tracker.client.set_terminated(run.info.run_id, status)
+            self.tracker.finish_parent(status, {})
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def summarize(self) -> None:
+        """The report's tables and claim verdicts on the parent run (harness.report.log_summary);
+        a failure there is a warning, never a failed invocation."""
+        from .report import log_summary
+
+        try:
+            log_summary(self.tracker, self.plan, self.command)
+        except Exception as exc:  # noqa: BLE001
+            self.progress.say(f"warning: no summary on the parent run: {type(exc).__name__}: {exc}")
 
     def resolved(self) -> dict:
         return {"suite": self.plan.suite.name, "profile": self.plan.suite.profile,
@@ -166,9 +325,7 @@ class Driver:
                   "data_fingerprint": self.plan.fingerprints[run.key],
                   "upstream": {"from": self.plan.identities[run.from_key] if run.from_key else None,
                                **{f"refs.{r}": self.plan.identities[k] for r, k in run.refs.items()}}}
-        params = flatten("", {k: v for k, v in run.config().items()
-                              if k in ("dataset", "architecture", "method", "run", "seed", "replicate")}, {})
-        params["evaluate"] = json.dumps([e.spec() for e in run.evaluate])
+        params = run_params(run)
         if run.from_key:
             params["from"] = self.by_key[run.from_key].name
         if bad:
@@ -192,7 +349,9 @@ class Driver:
             init_from=self.source(run.from_key) if run.from_key else None,
             refs={r: self.source(k) for r, k in run.refs.items()},
             plugin_modules=self.plugin_modules,
-            max_threads=self.executor.threads_per_job(self.cores))
+            max_threads=self.executor.threads_per_job(self.cores),
+            resume_dir=str(resume_dir(self.home, ident)), resume=self.resume,
+            checkpoint_every=self.checkpoint_every)
 
     def execute_here(self, task: StageTask) -> StageResult:
         run = self.by_identity[task.identity]
@@ -205,6 +364,13 @@ class Driver:
 
         return run_stage(task, self.plugins, data=data, on_epoch=on_epoch)
 
+    def remote_epoch(self, job: Job, epoch: int, metrics: dict[str, float]) -> None:
+        """An epoch a worker reported while its stage run goes on."""
+        buffer = self.buffers.get(job.key)
+        if buffer is not None:
+            buffer.add(epoch, metrics)
+            self.progress.epoch(epoch)
+
     def finish(self, job: Job, result: StageResult) -> None:
         run = self.by_key[job.key]
         run_id = self.child_ids.pop(run.key)
@@ -214,8 +380,15 @@ class Driver:
         tags = {}
         if result.error:
             tags[f"{TAG}error"] = result.error[:5000]
+        if result.traceback and result.artifact_dir:  # a worker's crash, not the engine's file
+            trace = Path(result.artifact_dir) / "traceback.txt"
+            if not trace.exists():
+                trace.parent.mkdir(parents=True, exist_ok=True)
+                trace.write_text(result.traceback)
         self.tracker.finish_child(run_id, result.status, result.summary, result.params,
                                   result.artifact_dir, tags)
+        # recorded: an interrupted run's saved epochs are of no more use
+        shutil.rmtree(resume_dir(self.home, self.plan.identities[run.key]), ignore_errors=True)
         if result.ok:
             self.outcome.finished += 1
             info = self.tracker.client.get_run(run_id).info
@@ -244,3 +417,143 @@ class Driver:
             f"{TAG}git_commit": self.commit,
             f"{TAG}versions": json.dumps(self.versions, sort_keys=True),
         }
+
+
+# -- harness plan --------------------------------------------------------------------------------
+_COST_RUN_KEYS = ("run.batch_size", "run.device", "run.threads", "evaluate")
+
+
+def _cost_key(params: dict[str, str], *, with_method: bool = True) -> str:
+    """What the speed of an epoch depends on: data, network, method, batch, device, evaluators."""
+    prefixes = ("dataset.", "architecture.") + (("method.",) if with_method else ())
+    keep = {k: v for k, v in params.items()
+            if (k.startswith(prefixes) and k != "method.label") or k in _COST_RUN_KEYS}
+    if not with_method:
+        keep.pop("evaluate", None)
+    return json.dumps(keep, sort_keys=True)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 90:
+        return f"{value:.0f} s"
+    if value < 5400:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def recorded_speeds(tracker: Tracker | None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds per epoch (training, evaluators and bookkeeping) of every finished stage run
+    in the store, by cost key with and without the method."""
+    exact: dict[str, list[float]] = {}
+    loose: dict[str, list[float]] = {}
+    if tracker is None:
+        return exact, loose
+    experiments = [e.experiment_id for e in tracker.client.search_experiments()]
+    runs, token = [], None
+    while experiments:
+        page = tracker.client.search_runs(
+            experiments, f"tags.`{TAG}identity` != '' and attributes.status = 'FINISHED'",
+            max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    for r in runs:
+        params = r.data.params
+        try:
+            epochs = int(params["run.epochs"]) - int(params.get("measured.resumed_from_epoch", 0))
+        except (KeyError, ValueError):
+            continue
+        if epochs <= 0 or not r.info.end_time or not r.info.start_time:
+            continue
+        per_epoch = (r.info.end_time - r.info.start_time) / 1000 / epochs
+        exact.setdefault(_cost_key(params), []).append(per_epoch)
+        loose.setdefault(_cost_key(params, with_method=False), []).append(per_epoch)
+    return exact, loose
+
+
+def _makespan(order: list[tuple], deps: dict[tuple, list[tuple]], cost: dict[tuple, float],
+              workers: int) -> float:
+    """Greedy list scheduling, as the parallel executors dispatch: in order, when the upstream
+    runs finished and a worker is free."""
+    done: dict[tuple, float] = {}
+    free = [0.0] * max(1, workers)
+    remaining = list(order)
+    while remaining:
+        job = next((k for k in remaining if all(d in done for d in deps[k])), remaining[0])
+        w = min(range(len(free)), key=free.__getitem__)
+        start = max([free[w]] + [done.get(d, 0.0) for d in deps[job]])
+        done[job] = free[w] = start + cost[job]
+        remaining.remove(job)
+    return max(done.values(), default=0.0)
+
+
+def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str:
+    """What ``harness plan`` prints: the stage runs a ``run`` would execute, those finished, and
+    an estimate of the time from the speeds recorded in the store."""
+    import statistics
+
+    finished = tracker.finished() if tracker is not None else {}
+    running: set[str] = set()
+    if tracker is not None:
+        running = {r.data.tags.get(f"{TAG}identity") for r in tracker.runs("RUNNING")}
+    exact, loose = recorded_speeds(tracker)
+    todo = plan.todo(finished)
+    todo_keys = {r.key for r in todo}
+    by_key = {r.key: r for r in plan.runs}
+    lines = []
+    profile = f", profile {plan.suite.profile!r}" if plan.suite.profile else ""
+    lines.append(f"suite {plan.suite.name!r}{profile}: {len(plan.runs)} stage runs, "
+                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run")
+    cost: dict[tuple, float] = {}
+    unknown = approx = 0
+    if todo:
+        lines.append("to run:")
+        width = max(len(r.name) for r in todo)
+        for r in todo:
+            params = run_params(r)
+            epochs = int(r.run["epochs"])
+            ident = plan.identities[r.key]
+            saved = resume_progress(home, ident)
+            left = epochs - (saved["epoch"] if saved else 0)
+            speeds, mark = exact.get(_cost_key(params)), ""
+            if not speeds:
+                speeds, mark = loose.get(_cost_key(params, with_method=False)), "~"
+            estimate = statistics.median(speeds) * left if speeds else None
+            cost[r.key] = estimate or 0.0
+            unknown += estimate is None
+            approx += bool(speeds and mark)
+            notes = []
+            if saved:
+                notes.append(f"saved at epoch {saved['epoch']}: --resume does the last {left}")
+            if ident in running:
+                notes.append("marked RUNNING in the store")
+            after = [by_key[k].name for k in r.upstream_keys() if k in todo_keys]
+            if after:
+                notes.append("after " + ", ".join(after))
+            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "?"
+            lines.append(f"  {r.name:<{width}}  epochs {epochs:>6}  {est:>9}"
+                         + (f"  ({'; '.join(notes)})" if notes else ""))
+    done_runs = [r for r in plan.runs if r.key not in todo_keys]
+    if done_runs:
+        lines.append("finished:")
+        width = max(len(r.name) for r in done_runs)
+        for r in done_runs:
+            lines.append(f"  {r.name:<{width}}  MLflow run {finished[plan.identities[r.key]].run_id}")
+    if todo:
+        deps = {r.key: [k for k in r.upstream_keys() if k in todo_keys] for r in todo}
+        order = [r.key for r in todo]
+        serial = sum(cost.values())
+        text = f"estimated time: {_seconds(serial)} one after another"
+        if jobs > 1:
+            text += f", about {_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
+        if unknown:
+            text += (f"; {unknown} of {len(todo)} stage runs have no recorded speed yet and count as 0"
+                     if unknown < len(todo) else "; no recorded speeds in the store yet")
+        lines.append(text)
+        if approx:
+            lines.append("~: from the speed of the same data, network and batch size with another "
+                         "method")
+    return "\n".join(lines)

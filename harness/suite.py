@@ -185,7 +185,7 @@ class _Checker:
             if label is None:
                 label = value["name"] + "".join(f"-{k}{_short(v)}" for k, v in options.items())
             if not isinstance(label, str) or not label:
-                self.fail(f"{key}.label", "a label must be a non-empty string")
+                self.fail(f"{key}.label", "a label must be a non-empty string", "e.g. `label: RR6`")
             return PluginRef(value["name"], label, tuple(sorted(options.items())), key)
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
                        f"{type(value).__name__}", "e.g. `std` or `{name: racecar, layers: 6}`")
@@ -194,7 +194,7 @@ class _Checker:
         if isinstance(value, (str, dict)):
             value = [value]
         if not isinstance(value, list):
-            self.fail(key, f"expected a list of {axis}s")
+            self.fail(key, f"expected a list of {axis}s", f"e.g. `[a, b]`, or one {axis} name")
         refs = [self.plugin_ref(v, f"{key}[{i}]", axis) for i, v in enumerate(value)]
         labels = [r.label for r in refs]
         for i, label in enumerate(labels):
@@ -218,7 +218,7 @@ class _Checker:
                 self.fail(where, f"epochs must be a positive integer, got {v!r}", "e.g. `epochs: 10`")
         elif k in ("batch_size", "eval_batch_size"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                self.fail(where, f"{k} must be a positive integer, got {v!r}")
+                self.fail(where, f"{k} must be a positive integer, got {v!r}", f"e.g. `{k}: 64`")
         elif k in ("lr", "momentum", "weight_decay"):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "lr" and v == 0):
                 self.fail(where, f"{k} must be a {'positive' if k == 'lr' else 'non-negative'} "
@@ -232,13 +232,15 @@ class _Checker:
             v = self.schedule(v, where)
         elif k == "threads":
             if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                self.fail(where, f"threads must be `auto` or a positive integer, got {v!r}")
+                self.fail(where, f"threads must be `auto` or a positive integer, got {v!r}",
+                          "`auto` picks one thread for small networks, all given cores for large ones")
         elif k == "device":
             if not isinstance(v, str) or not (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")):
-                self.fail(where, f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+                self.fail(where, f"device must be auto, cpu, cuda or cuda:N, got {v!r}",
+                          "`auto` takes CUDA when there is one")
         elif k == "download":
             if not isinstance(v, bool):
-                self.fail(where, f"download must be true or false, got {v!r}")
+                self.fail(where, f"download must be true or false, got {v!r}", "or use `harness run --download`")
         return v
 
     def schedule(self, v, where: str) -> dict:
@@ -254,7 +256,8 @@ class _Checker:
                    "multistep": ("milestones", "gamma"), "cosine": ("min_lr",)}[name]
         self.known_keys({k: x for k, x in v.items() if k != "name"}, where, allowed)
         if name == "step" and not (isinstance(v.get("step_size"), int) and v["step_size"] > 0):
-            self.fail(f"{where}.step_size", "a step schedule needs a positive integer step_size")
+            self.fail(f"{where}.step_size", "a step schedule needs a positive integer step_size",
+                      "e.g. `{name: step, step_size: 30, gamma: 0.1}`")
         if name == "multistep":
             ms = v.get("milestones")
             if not (isinstance(ms, list) and ms and all(isinstance(m, int) and m > 0 for m in ms)):
@@ -264,15 +267,15 @@ class _Checker:
 
     def seeds(self, value, key: str) -> list[int]:
         if isinstance(value, bool):
-            self.fail(key, "seeds is a count or a list of integers")
+            self.fail(key, "seeds is a count or a list of integers", "e.g. `seeds: 5` or `seeds: [0, 1, 2]`")
         if isinstance(value, int):
             if value < 1:
-                self.fail(key, f"seeds must be at least 1, got {value}")
+                self.fail(key, f"seeds must be at least 1, got {value}", "e.g. `seeds: 5`")
             return list(range(value))
         if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool)
                                                      for s in value):
             if len(set(value)) != len(value):
-                self.fail(key, "seeds are listed twice")
+                self.fail(key, "seeds are listed twice", "each replicate number once, e.g. `seeds: [0, 1, 2]`")
             return list(value)
         self.fail(key, f"seeds is a count or a non-empty list of integers, got {value!r}",
                   "e.g. `seeds: 5` or `seeds: [0, 1, 2]`")
@@ -311,7 +314,7 @@ def read_yaml(path: str | Path) -> dict:
                         hint="check indentation and quoting there") from None
     if not isinstance(data, dict):
         raise UserError("a suite is a YAML mapping with at least `suite:` and `grid:` or `stages:`",
-                        file=str(path))
+                        file=str(path), hint="start the file with `suite: NAME` at the left margin")
     return data
 
 
@@ -326,7 +329,7 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
     c.known_keys(raw, "", SUITE_KEYS)
     name = raw.get("suite")
     if not isinstance(name, str) or not name.strip():
-        c.fail("suite", "every suite needs a name: `suite: <name>`")
+        c.fail("suite", "every suite needs a name: `suite: <name>`", "e.g. `suite: transfer` on the first line")
     profiles = c.mapping(raw.get("profiles"), "profiles")
     if profile is None and "default" in profiles:
         profile = "default"
@@ -370,7 +373,8 @@ def _check_profile(c: _Checker, prof: dict, key: str) -> None:
     for sname, sval in c.mapping(prof.get("settings"), f"{key}.settings").items():
         sval = c.mapping(sval, f"{key}.settings.{sname}")
         if "settings" in sval:
-            c.fail(f"{key}.settings.{sname}.settings", "profiles do not nest settings")
+            c.fail(f"{key}.settings.{sname}.settings", "profiles do not nest settings",
+               "override a setting's keys directly under it")
         _check_profile(c, sval, f"{key}.settings.{sname}")
 
 
@@ -475,9 +479,12 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
     claims = raw.get("claims") or []
     if not isinstance(claims, list) or not all(isinstance(x, str) for x in claims):
         c.fail(f"{p}claims", "claims are a list of strings", 'e.g. `- "AB.RR6 > AB.std"`')
-    return Setting(name=sname, description=str(raw.get("description", "")), defaults=defaults,
-                   grid=grid, seeds=seeds, stages=stages, evaluate=evaluate, claims=claims,
-                   reference=c.mapping(raw.get("reference"), f"{p}reference"))
+    setting = Setting(name=sname, description=str(raw.get("description", "")), defaults=defaults,
+                      grid=grid, seeds=seeds, stages=stages, evaluate=evaluate, claims=claims,
+                      reference=c.mapping(raw.get("reference"), f"{p}reference"))
+    from .claims import check_setting  # claims name stages and row labels: check them now
+    check_setting(setting, file=c.file, prefix=p)
+    return setting
 
 
 def _check_dag(c: _Checker, stages: dict[str, StageDecl], p: str) -> None:
@@ -488,7 +495,8 @@ def _check_dag(c: _Checker, stages: dict[str, StageDecl], p: str) -> None:
                 c.fail(f"{p}stages.{st.name}.{where}", f"no stage {up!r}",
                        suggest(str(up), [s for s in stages if s != st.name]))
             if up == st.name:
-                c.fail(f"{p}stages.{st.name}.{where}", "a stage cannot start from itself")
+                c.fail(f"{p}stages.{st.name}.{where}", "a stage cannot start from itself",
+                       "name an earlier stage, or leave it out to train from scratch")
     state: dict[str, int] = {}
 
     def visit(name: str, path: list[str]):
@@ -628,7 +636,8 @@ def check_plugins(suite: Suite, plugins) -> None:
             every = options.pop("every", 1)
             if every != "end" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
                 raise UserError(f"every must be a positive epoch interval or `end`, got {every!r}",
-                                file=suite.path, key=f"{ref.key}.every")
+                                file=suite.path, key=f"{ref.key}.every",
+                                hint="e.g. `{name: accuracy, every: 5}`")
         try:
             entry = plugins.get(registry, ref.name)
             check_options(entry, options, skip=skip)

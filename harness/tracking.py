@@ -84,6 +84,40 @@ def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def process_started(pid: int) -> str:
+    """When a process started (clock ticks since boot, from /proc), so that a pid the system
+    gave to another process since is not mistaken for the driver that wrote a run."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_alive(pid: int, started: str = "") -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False  # killed, not yet reaped by its parent
+    except (OSError, IndexError):
+        return True
+    return not started or process_started(pid) == started
+
+
+def invocation_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the ``harness run`` that created a parent run is still running: None when it ran
+    on another host (or wrote no pid), where this process cannot look."""
+    if tags.get(f"{TAG}host") != platform.node() or not tags.get(f"{TAG}pid", "").isdigit():
+        return None
+    return process_alive(int(tags[f"{TAG}pid"]), tags.get(f"{TAG}pid_started", ""))
+
+
 @dataclass
 class FinishedRun:
     run_id: str
@@ -94,7 +128,17 @@ class FinishedRun:
 class Tracker:
     """The MLflow side of one ``harness run`` invocation."""
 
-    def __init__(self, home: Path, suite_name: str):
+    @classmethod
+    def existing(cls, home: Path, suite_name: str) -> "Tracker | None":
+        """The store as it is, for reading (``harness plan``): None when it or the suite's
+        experiment does not exist yet, and nothing is created either way."""
+        uri = tracking_uri(home)
+        if uri.startswith("sqlite:") and not Path(uri[len("sqlite:///"):]).is_file():
+            return None
+        tracker = cls(home, suite_name, create=False)
+        return tracker if tracker.experiment_id is not None else None
+
+    def __init__(self, home: Path, suite_name: str, *, create: bool = True):
         import logging
 
         import mlflow  # noqa: F401  (slow import: only when tracking is needed)
@@ -104,11 +148,16 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.home = home
-        home.mkdir(parents=True, exist_ok=True)
+        if create:
+            home.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(home)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.suite_name = suite_name
-        self.experiment_id = self._experiment(suite_name)
+        if create:
+            self.experiment_id = self._experiment(suite_name)
+        else:
+            exp = self.client.get_experiment_by_name(suite_name)
+            self.experiment_id = exp.experiment_id if exp is not None else None
         self.parent_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -145,6 +194,43 @@ class Tracker:
             found[ident] = FinishedRun(run.info.run_id, run.info.run_name, run.info.artifact_uri)
         return found
 
+    def running_children(self) -> list:
+        """Stage runs of this invocation still marked RUNNING."""
+        if self.parent_id is None:
+            return []
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                                                f"and attributes.status = 'RUNNING'",
+            max_results=5000)
+
+    def reap_orphans(self) -> tuple[int, list]:
+        """Mark as KILLED the runs left RUNNING by a ``harness run`` that died (SIGKILL, power
+        loss): its parent run and every stage run it had started. Returns how many stage runs
+        were marked, and the invocations that are still alive (or on another host, unknown)."""
+        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                          max_results=5000)
+        parents = {r.info.run_id: r for r in running if r.data.tags.get(f"{TAG}kind") == "invocation"}
+        live = {pid: r for pid, r in parents.items() if invocation_alive(r.data.tags) is not False}
+        marked = 0
+        for run in running:
+            tags = run.data.tags
+            if run.info.run_id in parents or tags.get("mlflow.parentRunId") in live:
+                continue
+            parent = parents.get(tags.get("mlflow.parentRunId"))
+            who = (f"pid {parent.data.tags.get(f'{TAG}pid')} on {parent.data.tags.get(f'{TAG}host')}"
+                   if parent is not None else "no longer running")
+            self.client.set_tag(run.info.run_id, f"{TAG}orphaned",
+                                f"the harness run that started it ({who}) died; marked KILLED "
+                                f"by the next run of the suite")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            marked += bool(tags.get(f"{TAG}identity"))
+        for run_id, run in parents.items():
+            if run_id not in live:
+                self.client.set_tag(run_id, f"{TAG}orphaned", "this harness run died; marked "
+                                                              "KILLED by the next run of the suite")
+                self.client.set_terminated(run_id, "KILLED")
+        return marked, list(live.values())
+
     def artifact_path(self, run: FinishedRun, path: str) -> str:
         """A local path to one artifact: the file itself for a local store, else a download."""
         uri = run.artifact_uri
@@ -166,6 +252,7 @@ class Tracker:
             f"{TAG}git_commit": git_commit(suite_path.resolve()),
             f"{TAG}versions": json.dumps(library_versions(), sort_keys=True),
             f"{TAG}host": platform.node(),
+            f"{TAG}pid": str(os.getpid()), f"{TAG}pid_started": process_started(os.getpid()),
         }
         name = f"{self.suite_name}@{time.strftime('%Y-%m-%d %H:%M:%S')}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)

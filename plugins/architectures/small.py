@@ -2,7 +2,8 @@
 
 All are ``nn.Sequential`` with named children so that methods can find layers by name (a split
 point, a reversible trunk) without knowing the architecture. Each adapts to the data's channels,
-spatial size and class count.
+spatial size and class count. ``model.reversible_trunk`` names the weight layers a reverse pass
+(racecar, the reconstruction evaluator) runs back through, as the paper's tables do.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def mi_mlp(input_shape, num_classes, *, widths=(10, 7, 5, 4, 3), activation="tan
         last = i == len(sizes) - 1
         if not last or output_activation:
             layers.append((f"act{i}", _activation(activation)))
-    return nn.Sequential(OrderedDict(layers))
+    model = nn.Sequential(OrderedDict(layers))
+    model.reversible_trunk = tuple(f"fc{i}" for i in range(1, len(sizes)))  # every layer
+    return model
 
 
 def mnist_cnn(input_shape, num_classes, *, width=64):
@@ -48,7 +51,7 @@ def mnist_cnn(input_shape, num_classes, *, width=64):
     if height % 4 or width_px % 4:
         raise UserError(f"mnist_cnn needs inputs whose sides divide by 4, got {height}x{width_px}",
                         key="architecture", hint="use small_cnn, or resize the data")
-    return nn.Sequential(OrderedDict([
+    model = nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(channels, width, 3, padding=1)), ("relu1", nn.ReLU()),
         ("pool1", nn.MaxPool2d(2)),
         ("conv2", nn.Conv2d(width, width, 3, padding=1)), ("relu2", nn.ReLU()),
@@ -57,6 +60,8 @@ def mnist_cnn(input_shape, num_classes, *, width=64):
         ("flatten", nn.Flatten()),
         ("fc", nn.Linear((height // 4) * (width_px // 4), num_classes)),
     ]))
+    model.reversible_trunk = ("conv1", "conv2", "conv3")  # the paper's racecar loss: the convs
+    return model
 
 
 def small_cnn(input_shape, num_classes, *, width=16):
@@ -66,7 +71,7 @@ def small_cnn(input_shape, num_classes, *, width=16):
     if height % 4 or width_px % 4:
         raise UserError(f"small_cnn needs inputs whose sides divide by 4, got {height}x{width_px}",
                         key="architecture")
-    return nn.Sequential(OrderedDict([
+    model = nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(channels, width, 3, padding=1)), ("relu1", nn.ReLU()),
         ("pool1", nn.MaxPool2d(2)),
         ("conv2", nn.Conv2d(width, 2 * width, 3, padding=1)), ("relu2", nn.ReLU()),
@@ -74,6 +79,8 @@ def small_cnn(input_shape, num_classes, *, width=16):
         ("flatten", nn.Flatten()),
         ("fc", nn.Linear(2 * width * (height // 4) * (width_px // 4), num_classes)),
     ]))
+    model.reversible_trunk = ("conv1", "conv2")
+    return model
 
 
 def _image_shape(input_shape, name):

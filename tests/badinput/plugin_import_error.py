@@ -1,0 +1,4 @@
+# expect: plugin_import_error
+"""A plugin whose import fails, as a half-installed package would: it needs a missing module."""
+
+import harness_some_package_that_is_not_installed  # noqa: F401

@@ -1,0 +1,64 @@
+"""Faults on demand for tests/test_faults.py and tests/test_executors.py (``--plugin
+harness_test_faults``).
+
+``HARNESS_TEST_FAULT="RUN_NAME:EPOCH:ACTION:FILE"`` acts once the stage run RUN_NAME finished
+epoch EPOCH, in whichever process trains it:
+
+- ``kill``: SIGKILL this process (with the inline executor: the driver, mid-grid);
+- ``block``: write this process's pid to FILE, then sleep until a signal ends it (the test then
+  kills or interrupts whom it wants, knowing the stage run is mid-way).
+
+Methods: ``sleepy`` (plain training that sleeps ``pause`` seconds per step, so that runs overlap
+in time observably) and ``suicide`` (its worker process SIGKILLs itself in the first step).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from harness.api import Method, hookimpl
+
+ENV = "HARNESS_TEST_FAULT"
+
+
+class Sleepy(Method):
+    def __init__(self, model, ctx, *, pause: float = 0.05):
+        super().__init__(model, ctx)
+        self.pause = pause
+
+    def loss(self, batch):
+        time.sleep(self.pause)
+        return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
+
+
+class Suicide(Method):
+    def loss(self, batch):
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
+
+
+@hookimpl
+def harness_register_methods(register):
+    register("sleepy", Sleepy)
+    register("suicide", Suicide)
+
+
+@hookimpl
+def harness_epoch_finished(info, epoch, metrics):
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, at, action, marker = spec.split(":", 3)
+    if info.name != name or epoch != int(at):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "block":
+        Path(marker).write_text(str(os.getpid()))
+        while True:
+            time.sleep(0.1)
