@@ -130,6 +130,9 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     #: independently shuffled batch streams per step (``Batch.others`` holds streams 2..n)
     streams: int = 1
+    #: whether ``loss`` may run under bfloat16 autocast (``amp: auto`` on CUDA). Set False when a
+    #: term needs float32 arithmetic to mean anything, e.g. a power iteration or a matrix norm
+    amp_safe: bool = True
 
     def __init__(self, model: nn.Module, ctx: MethodContext):
         super().__init__()

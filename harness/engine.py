@@ -24,7 +24,7 @@ import torch
 from .api import (Batch, DataBundle, DatasetContext, EvalContext, Method, MethodContext, Split,
                   StageInfo, StageResult, load_matching)
 from .errors import UserError
-from .meters import PeakMemory, choose_threads, macs_per_sample
+from .meters import SMALL_BATCH_MACS, PeakMemory, choose_threads, macs_per_sample
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -78,6 +78,23 @@ def resolve_device(requested: str) -> torch.device:
         raise UserError(f"device {requested!r} was asked for but CUDA is not available here",
                         key="device", hint="use `device: auto` or `device: cpu`")
     return torch.device(requested)
+
+
+def choose_amp(requested, device: torch.device, method: Method, macs_batch: int) -> torch.dtype | None:
+    """The autocast dtype of the training step, or None for plain float32.
+
+    bfloat16, never float16: it has float32's range, so no gradient scaling is needed and a
+    loss cannot underflow. ``auto`` takes it only where it pays and is safe: on CUDA (CPU
+    autocast is slower than float32 on most CPUs), for networks above the size where kernel
+    launches rather than arithmetic bound the step (the same line as the thread choice), and
+    for methods that do not declare ``amp_safe = False``. Evaluators always run in float32.
+    """
+    if requested is True:
+        return torch.bfloat16
+    if requested == "auto" and device.type == "cuda" and method.amp_safe \
+            and macs_batch >= SMALL_BATCH_MACS:
+        return torch.bfloat16
+    return None
 
 
 def split_options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -317,6 +334,11 @@ def _train(task: StageTask, plugins, data: DataBundle | None, info: StageInfo,
     macs = macs_per_sample(model, data.input_shape) * batch_size
     threads = choose_threads(run["threads"], macs, task.max_threads)
     torch.set_num_threads(threads)
+    amp_dtype = choose_amp(run.get("amp", "auto"), device, method, macs)
+    if device.type == "cuda":
+        # every batch of a stage run has the same shape (but the last), so cuDNN's search for
+        # the fastest convolution algorithm is paid once and then reused
+        torch.backends.cudnn.benchmark = True
 
     evaluators = []
     for spec in task.evaluate:
@@ -336,6 +358,7 @@ def _train(task: StageTask, plugins, data: DataBundle | None, info: StageInfo,
 
     result.params.update({
         "threads": threads, "device": str(device), "macs_per_batch": macs,
+        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else "off",
         "model_params": sum(p.numel() for p in model.parameters()),
         "trained_params": sum(p.numel() for p in params),
         "init_loaded_tensors": len(loaded), "train_samples": n, "test_samples": len(test),
@@ -375,7 +398,9 @@ def _train(task: StageTask, plugins, data: DataBundle | None, info: StageInfo,
                 if other_perms:
                     batch.others = [Batch(x_train[i], y_train[i], i)
                                     for i in (perm[lo:hi] for perm in other_perms)]
-                terms = method.loss(batch)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                                    enabled=amp_dtype is not None):
+                    terms = method.loss(batch)
                 values = iter(terms.values())
                 total = next(values)  # not sum(): its leading 0 + t is one more autograd op per step
                 for value in values:

@@ -40,6 +40,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "threads": "auto",
     "eval_batch_size": 1024,
     "download": False,
+    "amp": "auto",
 }
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
@@ -238,6 +239,10 @@ class _Checker:
             if not isinstance(v, str) or not (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")):
                 self.fail(where, f"device must be auto, cpu, cuda or cuda:N, got {v!r}",
                           "`auto` takes CUDA when there is one")
+        elif k == "amp":
+            if v not in ("auto", True, False):
+                self.fail(where, f"amp must be auto, true or false, got {v!r}",
+                          "`auto` uses bfloat16 autocast on CUDA for networks large enough to gain")
         elif k == "download":
             if not isinstance(v, bool):
                 self.fail(where, f"download must be true or false, got {v!r}", "or use `harness run --download`")

@@ -98,3 +98,37 @@ def test_run_settings_cover_every_optimizer(tmp_path, plugins):
     for opt in ("sgd", "adam", "adamw"):
         result = run_stage(task(tmp_path / opt, epochs=1, optimizer=opt), plugins)
         assert result.ok and math.isfinite(result.summary["loss"])
+
+
+def test_amp_choice_follows_device_size_and_method():
+    from harness.engine import choose_amp
+    from harness.meters import SMALL_BATCH_MACS
+
+    class Safe:
+        amp_safe = True
+
+    class Unsafe:
+        amp_safe = False
+
+    cuda, cpu, big = torch.device("cuda"), torch.device("cpu"), SMALL_BATCH_MACS
+    assert choose_amp("auto", cuda, Safe(), big) is torch.bfloat16
+    assert choose_amp("auto", cuda, Safe(), big - 1) is None      # tiny nets: launches bound it
+    assert choose_amp("auto", cuda, Unsafe(), big) is None        # the method says no
+    assert choose_amp("auto", cpu, Safe(), big) is None           # CPU autocast rarely pays
+    assert choose_amp(False, cuda, Safe(), big) is None
+    assert choose_amp(True, cpu, Unsafe(), 1) is torch.bfloat16   # asked for: given
+
+
+def test_amp_true_trains_under_bfloat16_autocast(tmp_path, plugins):
+    seen = []  # the dtypes the Linear layers compute in
+    result_plain = run_stage(task(tmp_path / "plain", epochs=2), plugins)
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) if isinstance(m, nn.Linear) else None)
+    try:
+        result = run_stage(task(tmp_path / "amp", epochs=2, amp=True), plugins)
+    finally:
+        handle.remove()
+    assert result.ok and result_plain.ok
+    assert result.params["amp"] == "bfloat16" and result_plain.params["amp"] == "off"
+    assert torch.bfloat16 in seen and torch.float32 in seen  # training in bf16, evaluation in fp32
+    assert result.history[-1]["loss"] != result_plain.history[-1]["loss"]

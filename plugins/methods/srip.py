@@ -137,7 +137,10 @@ class Srip(Method):
         terms = {"task": F.cross_entropy(self.model(batch.x), batch.y)}
         coefficient = self.beta * self.factor
         if coefficient > 0:
-            terms["ortho"] = coefficient * self.penalty()
+            # float32 even under the engine's bfloat16 autocast: the penalty is a small
+            # difference (W W^T - I) that bfloat16's 8 mantissa bits would round away
+            with torch.autocast(batch.x.device.type, enabled=False):
+                terms["ortho"] = coefficient * self.penalty()
         else:  # keep the term (and its logged curve) without paying for the power iteration
             terms["ortho"] = terms["task"].new_zeros(())
         return terms
