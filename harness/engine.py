@@ -24,7 +24,7 @@ import torch
 from .api import (Batch, DataBundle, DatasetContext, EvalContext, Method, MethodContext, Split,
                   StageInfo, StageResult, load_matching)
 from .errors import UserError
-from .meters import SMALL_BATCH_MACS, PeakMemory, choose_threads, macs_per_sample
+from .meters import PeakMemory, choose_threads, macs_per_sample
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -80,19 +80,27 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+#: multiply-accumulates per training batch from which ``amp: auto`` uses bfloat16 on CUDA.
+#: Measured on an H200 (reports/benchmarks.md): below it autocast's casts cost more than the
+#: faster matrix units give back. std steps ran 0.70x as fast with bf16 on mnist_cnn (batch 64,
+#: 0.49 G), 0.81x on resnet56 (batch 128, 16 G), 0.85x on vgg_cifar (batch 64, 22 G), and
+#: 1.15x faster only on vgg_cifar at batch 256 (87 G).
+AMP_BATCH_MACS = 50_000_000_000
+
+
 def choose_amp(requested, device: torch.device, method: Method, macs_batch: int) -> torch.dtype | None:
     """The autocast dtype of the training step, or None for plain float32.
 
     bfloat16, never float16: it has float32's range, so no gradient scaling is needed and a
-    loss cannot underflow. ``auto`` takes it only where it pays and is safe: on CUDA (CPU
-    autocast is slower than float32 on most CPUs), for networks above the size where kernel
-    launches rather than arithmetic bound the step (the same line as the thread choice), and
-    for methods that do not declare ``amp_safe = False``. Evaluators always run in float32.
+    loss cannot underflow. ``auto`` takes it only where it is safe and pays: on CUDA (CPU
+    autocast is slower than float32 on most CPUs), for steps large enough that arithmetic, not
+    kernel launches and casts, bounds them (``AMP_BATCH_MACS``), and for methods that do not
+    declare ``amp_safe = False``. ``true`` forces it anywhere. Evaluators always run in float32.
     """
     if requested is True:
         return torch.bfloat16
     if requested == "auto" and device.type == "cuda" and method.amp_safe \
-            and macs_batch >= SMALL_BATCH_MACS:
+            and macs_batch >= AMP_BATCH_MACS:
         return torch.bfloat16
     return None
 

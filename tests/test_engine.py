@@ -101,8 +101,7 @@ def test_run_settings_cover_every_optimizer(tmp_path, plugins):
 
 
 def test_amp_choice_follows_device_size_and_method():
-    from harness.engine import choose_amp
-    from harness.meters import SMALL_BATCH_MACS
+    from harness.engine import AMP_BATCH_MACS, choose_amp
 
     class Safe:
         amp_safe = True
@@ -110,9 +109,9 @@ def test_amp_choice_follows_device_size_and_method():
     class Unsafe:
         amp_safe = False
 
-    cuda, cpu, big = torch.device("cuda"), torch.device("cpu"), SMALL_BATCH_MACS
+    cuda, cpu, big = torch.device("cuda"), torch.device("cpu"), AMP_BATCH_MACS
     assert choose_amp("auto", cuda, Safe(), big) is torch.bfloat16
-    assert choose_amp("auto", cuda, Safe(), big - 1) is None      # tiny nets: launches bound it
+    assert choose_amp("auto", cuda, Safe(), big - 1) is None      # smaller steps: casts cost more
     assert choose_amp("auto", cuda, Unsafe(), big) is None        # the method says no
     assert choose_amp("auto", cpu, Safe(), big) is None           # CPU autocast rarely pays
     assert choose_amp(False, cuda, Safe(), big) is None

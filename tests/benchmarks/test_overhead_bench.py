@@ -30,7 +30,7 @@ EPOCHS = 300
 ROUNDS = 7
 PAIRS = 16
 RUN = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 4e-4, "batch_size": 512, "epochs": EPOCHS,
-       "threads": 1}
+       "threads": 1, "device": "cpu"}  # the bare loop runs on the CPU too
 _seconds: dict[str, float] = {}
 
 
