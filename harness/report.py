@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_reference,
                      stage_rows)
+from .report_spec import ReportSpec, Sweep
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, describe, paired_t
 from .suite import Setting, StageRun, Suite
 from .tracking import TAG, tracking_uri
@@ -367,6 +368,51 @@ def main_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
     return _table(["method"] + stages, rows)
 
 
+def metric_tables(sd: SettingData) -> list[str]:
+    """A mean ± std (n) table for each metric the suite's ``report.metrics`` lists."""
+    out = []
+    for metric in (sd.setting.report or ReportSpec()).metrics:
+        out += [f"### Final {_metric_title(metric)}: mean ± std (n)", ""]
+        if not any(metric in r.metrics for r in sd.finished()):
+            out += [f"No finished run logged `{metric}`.", ""]
+            continue
+        out += main_table(sd, metric)
+    return out
+
+
+def _sweep_points(sd: SettingData, sweep: Sweep, y: str) -> dict[str, list[tuple[float, list[float]]]]:
+    """line -> [(x, y of each seed)], x being the mean over seeds of the row's x metric."""
+    out: dict[str, list[tuple[float, list[float]]]] = {}
+    for line, labels in sweep.lines:
+        points = []
+        for label in labels:
+            xs = list(sd.values(sweep.stage, label, sweep.x).values())
+            ys = list(sd.values(sweep.stage, label, y).values())
+            if xs and ys:
+                points.append((sum(xs) / len(xs), ys))
+        out[line] = sorted(points, key=lambda p: p[0])
+    return out
+
+
+def sweep_tables(sd: SettingData, sweep: Sweep) -> list[str]:
+    """For each y: a row per line, a column per value of x, cells mean ± std (n) over seeds."""
+    out = []
+    for y in sweep.y:
+        points = _sweep_points(sd, sweep, y)
+        xs = sorted({x for pts in points.values() for x, _ in pts})
+        out += [f"{_metric_title(y)} against {_metric_title(sweep.x)} (stage {sweep.stage}):", ""]
+        if not xs:
+            out += ["No finished run of these rows logged both metrics.", ""]
+            continue
+        rows = []
+        for line, pts in points.items():
+            by_x = {x: ys for x, ys in pts}
+            rows.append([line] + [_cell(describe(by_x[x]), len(by_x[x]), ".3f") if x in by_x else ""
+                                  for x in xs])
+        out += _table(["line"] + [f"{_metric_title(sweep.x)} {x:g}" for x in xs], rows)
+    return out
+
+
 def ci_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
     stages = list(sd.setting.stages)
     rows = []
@@ -639,6 +685,37 @@ def final_figure(sd: SettingData, path: Path, metric: str = MAIN_METRIC) -> bool
     return True
 
 
+def sweep_figure(sd: SettingData, sweep: Sweep, path: Path) -> bool:
+    """One panel per y: the mean over seeds against x for each line, ±1 std bars, seeds as dots."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sweep.y), figsize=(4.2 * len(sweep.y), 3.4), squeeze=False)
+    any_point = False
+    for ax, y in zip(axes[0], sweep.y):
+        for i, (line, pts) in enumerate(_sweep_points(sd, sweep, y).items()):
+            if not pts:
+                continue
+            any_point = True
+            xs = [x for x, _ in pts]
+            stats = [describe(ys) for _, ys in pts]
+            ax.errorbar(xs, [st.mean for st in stats],
+                        yerr=[st.std if _fin(st.std) else 0.0 for st in stats],
+                        fmt="-o", color=f"C{i}", ms=4, capsize=3, label=line)
+            for x, ys in pts:
+                ax.scatter([x] * len(ys), ys, s=10, color=f"C{i}", alpha=0.4, lw=0)
+        ax.set_xlabel(_metric_title(sweep.x))
+        ax.set_ylabel(_metric_title(y))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    if not any_point:
+        plt.close(fig)
+        return False
+    fig.suptitle(sweep.title or f"{sd.setting.name}: stage {sweep.stage}, mean ± std over seeds",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 def _kind(inner: str) -> str:
     """What an image shows: its folder (``reconstruction/epoch00800.png``) or its file stem
     (``mi_plane.png``), so the final image of each kind gets one column."""
@@ -712,7 +789,8 @@ EXPLAIN = [
 
 
 def render(data: ReportData, *, command: str, figures: dict | None = None,
-           artifacts: dict | None = None, timestamp: str | None = None) -> str:
+           artifacts: dict | None = None, timestamp: str | None = None,
+           sweeps: dict | None = None) -> str:
     suite = data.suite
     out = [f"# Report: suite `{suite.name}`", ""]
     if suite.description.strip():
@@ -740,6 +818,13 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
         ref = reference_table(sd)
         if ref:
             out += ["### Paper's values beside the measured ones", ""] + ref
+        out += metric_tables(sd)
+        for i, sweep in enumerate((sd.setting.report or ReportSpec()).sweeps):
+            out += [f"### Sweep: {', '.join(_metric_title(y) for y in sweep.y)} against "
+                    f"{_metric_title(sweep.x)}", ""] + sweep_tables(sd, sweep)
+            rel = (sweeps or {}).get((sd.setting.name, i))
+            if rel:
+                out += [f"![sweep {i + 1}]({rel})", ""]
         out += ["### 95% bootstrap confidence intervals of the mean", ""] + ci_table(sd)
         gain = gain_table(sd)
         if gain:
@@ -819,6 +904,7 @@ def write_report(data: ReportData, store: Store, out: Path, *, command: str) -> 
             shutil.rmtree(out / sub)
     figures: dict[str, list] = {}
     artifacts: dict[str, list] = {}
+    sweeps: dict[tuple[str, int], str] = {}
     for sd in data.settings:
         prefix = _slug(sd.setting.name)
         figs = []
@@ -827,8 +913,12 @@ def write_report(data: ReportData, store: Store, out: Path, *, command: str) -> 
         if curves_figure(sd, store, out / "figures" / f"{prefix}-curves.png"):
             figs.append(("test accuracy per epoch", f"figures/{prefix}-curves.png"))
         figures[sd.setting.name] = figs
+        for i, sweep in enumerate((sd.setting.report or ReportSpec()).sweeps):
+            rel = f"figures/{prefix}-sweep{i + 1}.png"
+            if sweep_figure(sd, sweep, out / rel):
+                sweeps[(sd.setting.name, i)] = rel
         artifacts[sd.setting.name] = copy_artifacts(sd, store, out)
-    text = render(data, command=command, figures=figures, artifacts=artifacts,
+    text = render(data, command=command, figures=figures, artifacts=artifacts, sweeps=sweeps,
                   timestamp=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     path = out / "README.md"
     path.write_text(text)

@@ -44,7 +44,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
-                "reference")
+                "reference", "report")
 SUITE_KEYS = ("suite", *SETTING_KEYS, "settings", "profiles")
 PROFILE_KEYS = ("seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
 
@@ -95,6 +95,8 @@ class Setting:
     evaluate: list[PluginRef]
     claims: list[str]
     reference: dict[str, Any]
+    #: what the report shows beyond test accuracy (``harness.report_spec``)
+    report: Any = None
 
 
 @dataclass
@@ -487,8 +489,10 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
     setting = Setting(name=sname, description=str(raw.get("description", "")), defaults=defaults,
                       grid=grid, seeds=seeds, stages=stages, evaluate=evaluate, claims=claims,
                       reference=c.mapping(raw.get("reference"), f"{p}reference"))
-    from .claims import check_setting  # claims name stages and row labels: check them now
+    from .claims import check_setting, stage_rows  # these name stages and rows: check them now
+    from .report_spec import parse_report
     check_setting(setting, file=c.file, prefix=p)
+    setting.report = parse_report(raw.get("report"), stage_rows(setting), file=c.file, prefix=p)
     return setting
 
 

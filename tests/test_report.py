@@ -204,3 +204,98 @@ claims: ["AA.Boom >= AA.std"]
     assert "- `AA/Boom/seed0` (" in text and "skipped: skipped: upstream stage run A/Boom/seed0" in text
     assert "| seed 0 | 0." in text and "| failed |" in text
     assert "| Boom | missing (0/1) | missing (0/1) |" in text
+
+
+# a method with a design knob and an evaluator that logs it and a score that follows it, so the
+# report's metric tables and sweep can be checked against known values
+KNOB_PLUGIN = '''
+import torch.nn.functional as F
+from harness.api import Evaluator, Method, hookimpl
+
+class Knob(Method):
+    def __init__(self, model, ctx, *, depth: float = 0.0, boost: float = 0.0):
+        super().__init__(model, ctx)
+        self.depth, self.boost = float(depth), float(boost)
+
+    def loss(self, batch):
+        return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
+
+class KnobScore(Evaluator):
+    every = "end"
+
+    def evaluate(self, method, ctx):
+        return {"depth": method.depth, "score": method.depth / 10 + method.boost + ctx.epoch / 1000}
+
+@hookimpl
+def harness_register_methods(register):
+    register("knob", Knob)
+
+@hookimpl
+def harness_register_evaluators(register):
+    register("knob_score", KnobScore)
+'''
+
+SWEEP_SUITE = """
+suite: sweep
+defaults: {optimizer: adam, lr: 1.0e-2, batch_size: 512, epochs: 2, threads: 1}
+seeds: 2
+grid:
+  method:
+    - {name: knob, depth: 1, label: plain_1}
+    - {name: knob, depth: 2, label: plain_2}
+    - {name: knob, depth: 1, boost: 0.5, label: boosted_1}
+    - {name: knob, depth: 2, boost: 0.5, label: boosted_2}
+  dataset: [ib12]
+  architecture: [mi_mlp]
+evaluate: [accuracy, knob_score]
+report:
+  metrics: [score, nothing_logs_this]
+  sweeps:
+    - x: depth
+      y: [score]
+      lines: {plain: [plain_1, plain_2], boosted: [boosted_1, boosted_2]}
+"""
+
+
+def test_report_metric_tables_and_sweeps(write_suite, isolated_home, tmp_path, monkeypatch):
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "report_knob_plugin.py").write_text(KNOB_PLUGIN)
+    monkeypatch.syspath_prepend(str(folder))
+    plugin = ["--plugin", "report_knob_plugin"]
+    suite = write_suite(SWEEP_SUITE)
+    assert main(["run", str(suite), "--quiet", *plugin]) == 0
+    out = tmp_path / "sweep"
+    assert main(["report", str(suite), "--out", str(out), *plugin]) == 0
+    text = (out / "README.md").read_text()
+    # score = depth / 10 + boost + epoch / 1000, the same for both seeds
+    table = text.split("### Final score: mean ± std (n)")[1]
+    assert "| plain_1 | 0.102 ± 0.000 (2) |" in table and "| boosted_2 | 0.702 ± 0.000 (2) |" in table
+    assert "No finished run logged `final_nothing_logs_this`." in text
+    sweep = text.split("### Sweep: score against depth")[1]
+    assert "| line | depth 1 | depth 2 |" in sweep
+    assert "| plain | 0.102 ± 0.000 (2) | 0.202 ± 0.000 (2) |" in sweep
+    assert "| boosted | 0.602 ± 0.000 (2) | 0.702 ± 0.000 (2) |" in sweep
+    figure = re.search(r"^!\[sweep 1\]\((figures/[^)]*sweep1\.png)\)$", sweep, re.M)
+    assert figure and (out / figure.group(1)).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("report, key, hint", [
+    ("{metrics: score}", "report.metrics", "e.g."),
+    ("{tables: [score]}", "report.tables", "metrics"),
+    ("{sweeps: [{x: depth, y: [score], lines: {plain: [plain_3]}}]}", "report.sweeps[0].lines.plain",
+     "plain_1"),
+    ("{sweeps: [{x: depth, lines: {plain: [plain_1]}}]}", "report.sweeps[0]", "x and y"),
+    ("{sweeps: [{x: depth, y: [score], lines: {plain: [plain_1]}, stage: B}]}",
+     "report.sweeps[0].stage", "train"),
+])
+def test_bad_report_spec_is_a_suite_error(write_suite, isolated_home, tmp_path, monkeypatch, capsys,
+                                         report, key, hint):
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "report_knob_plugin.py").write_text(KNOB_PLUGIN)
+    monkeypatch.syspath_prepend(str(folder))
+    suite = write_suite(SWEEP_SUITE.split("report:")[0] + f"report: {report}\n")
+    assert main(["validate", str(suite), "--plugin", "report_knob_plugin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{suite}: {key}: " in err and hint in err, err
