@@ -369,15 +369,32 @@ def main_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
 
 
 def metric_tables(sd: SettingData) -> list[str]:
-    """A mean ± std (n) table for each metric the suite's ``report.metrics`` lists."""
-    out = []
-    for metric in (sd.setting.report or ReportSpec()).metrics:
-        out += [f"### Final {_metric_title(metric)}: mean ± std (n)", ""]
-        if not any(metric in r.metrics for r in sd.finished()):
-            out += [f"No finished run logged `{metric}`.", ""]
-            continue
-        out += main_table(sd, metric)
-    return out
+    """The metrics the suite's ``report.metrics`` lists, mean ± std (n) over seeds: one table
+    with a column per metric where the setting has one stage (a paper's per-variant table),
+    else one table per metric with a column per stage."""
+    metrics = (sd.setting.report or ReportSpec()).metrics
+    if not metrics:
+        return []
+    logged = [m for m in metrics if any(m in r.metrics for r in sd.finished())]
+    silent = [f"`{m}`" for m in metrics if m not in logged]
+    note = ([f"No finished run logged {', '.join(silent)}.", ""] if silent else [])
+    stages = list(sd.setting.stages)
+    if len(stages) > 1:
+        out = []
+        for metric in logged:
+            out += [f"### Final {_metric_title(metric)}: mean ± std (n)", ""] + main_table(sd, metric)
+        return out + note
+    stage = stages[0]
+    rows = []
+    for label in sd.row_order():
+        exp = len(sd.expected(stage, label))
+        if exp:
+            rows.append([label] + [_cell(describe(list(sd.values(stage, label, m).values())), exp)
+                                   for m in logged])
+    title = ", ".join(_metric_title(m) for m in logged)
+    out = [f"### {title}: mean ± std (n)", ""] + _table(["method"] + [_metric_title(m) for m in logged],
+                                                          rows) if logged else []
+    return out + note
 
 
 def _sweep_points(sd: SettingData, sweep: Sweep, y: str) -> dict[str, list[tuple[float, list[float]]]]:

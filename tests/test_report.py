@@ -269,7 +269,8 @@ def test_report_metric_tables_and_sweeps(write_suite, isolated_home, tmp_path, m
     assert main(["report", str(suite), "--out", str(out), *plugin]) == 0
     text = (out / "README.md").read_text()
     # score = depth / 10 + boost + epoch / 1000, the same for both seeds
-    table = text.split("### Final score: mean ± std (n)")[1]
+    table = text.split("### score: mean ± std (n)")[1]
+    assert "| method | score |" in table
     assert "| plain_1 | 0.102 ± 0.000 (2) |" in table and "| boosted_2 | 0.702 ± 0.000 (2) |" in table
     assert "No finished run logged `final_nothing_logs_this`." in text
     sweep = text.split("### Sweep: score against depth")[1]
