@@ -355,17 +355,22 @@ def claims_table(data: ReportData) -> list[str]:
     return _table(header, rows) + notes + [""]
 
 
-def main_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
+def _stage_table(sd: SettingData, metric: str, cell) -> list[str]:
+    """A row per method, a column per stage; ``cell(summary over seeds, expected runs)``."""
     stages = list(sd.setting.stages)
     rows = []
     for label in sd.row_order():
         cells = [label]
         for st in stages:
             exp = len(sd.expected(st, label))
-            cells.append(_cell(describe(list(sd.values(st, label, metric).values())), exp)
+            cells.append(cell(describe(list(sd.values(st, label, metric).values())), exp)
                          if exp else "")
         rows.append(cells)
     return _table(["method"] + stages, rows)
+
+
+def main_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
+    return _stage_table(sd, metric, _cell)
 
 
 def metric_tables(sd: SettingData) -> list[str]:
@@ -431,15 +436,7 @@ def sweep_tables(sd: SettingData, sweep: Sweep) -> list[str]:
 
 
 def ci_table(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
-    stages = list(sd.setting.stages)
-    rows = []
-    for label in sd.row_order():
-        cells = [label]
-        for st in stages:
-            exp = len(sd.expected(st, label))
-            cells.append(_ci(describe(list(sd.values(st, label, metric).values()))) if exp else "")
-        rows.append(cells)
-    return _table(["method"] + stages, rows)
+    return _stage_table(sd, metric, lambda summary, expected: _ci(summary))
 
 
 def per_seed_tables(sd: SettingData, metric: str = MAIN_METRIC) -> list[str]:
@@ -708,17 +705,21 @@ def sweep_figure(sd: SettingData, sweep: Sweep, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(sweep.y), figsize=(4.2 * len(sweep.y), 3.4), squeeze=False)
     any_point = False
     for ax, y in zip(axes[0], sweep.y):
+        ticks: set[float] = set()
         for i, (line, pts) in enumerate(_sweep_points(sd, sweep, y).items()):
             if not pts:
                 continue
             any_point = True
             xs = [x for x, _ in pts]
+            ticks.update(xs)
             stats = [describe(ys) for _, ys in pts]
             ax.errorbar(xs, [st.mean for st in stats],
                         yerr=[st.std if _fin(st.std) else 0.0 for st in stats],
                         fmt="-o", color=f"C{i}", ms=4, capsize=3, label=line)
             for x, ys in pts:
                 ax.scatter([x] * len(ys), ys, s=10, color=f"C{i}", alpha=0.4, lw=0)
+        if ticks and len(ticks) <= 12:  # the values swept, not matplotlib's round numbers
+            ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
         ax.set_xlabel(_metric_title(sweep.x))
         ax.set_ylabel(_metric_title(y))
         ax.grid(alpha=0.3)

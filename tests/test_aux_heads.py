@@ -46,13 +46,7 @@ def frozen(method):
     return method
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run many times faster on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def eval_ctx(x, y, num_classes, tmp_path, batch_size=3) -> EvalContext:

@@ -17,13 +17,7 @@ from plugins.architectures.vgg import vgg_cifar
 from plugins.methods.racecar import Racecar, ReversePass, parse_trunk, transpose_linear_part, unpool
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread. Two threads on a busy 2-core machine are up to 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ctx_for(shape, classes=10, seed=0):

@@ -87,10 +87,9 @@ class _NetworksEval:
             n.train(mode)
 
 
-class HeadSwap(Evaluator):
-    """Test accuracy with each network's own head and with the other's (see module doc)."""
-
-    every = "end"
+class _PairEvaluator(Evaluator):
+    """An evaluator of two networks of a method, split into feature extractor and head at
+    ``split`` (default: the method's own split)."""
 
     def __init__(self, *, split: str | None = None, nets: list[str] = ("a", "b")):
         self.split = split
@@ -98,6 +97,12 @@ class HeadSwap(Evaluator):
         if len(self.nets) != 2:
             raise UserError(f"nets names two networks, got {list(nets)!r}", key="nets",
                             hint="e.g. `nets: [a, b]`")
+
+
+class HeadSwap(_PairEvaluator):
+    """Test accuracy with each network's own head and with the other's (see module doc)."""
+
+    every = "end"
 
     @torch.no_grad()
     def evaluate(self, method, ctx):
@@ -179,17 +184,10 @@ def matched_correlation(corr: np.ndarray) -> tuple[np.ndarray, float]:
     return perm, float(corr[rows, cols].mean())
 
 
-class FeatureCorrelation(Evaluator):
+class FeatureCorrelation(_PairEvaluator):
     """Mean per-channel correlation of f_a and f_b on the test set, raw and Hungarian-matched."""
 
     every = "end"
-
-    def __init__(self, *, split: str | None = None, nets: list[str] = ("a", "b")):
-        self.split = split
-        self.nets = tuple(nets)
-        if len(self.nets) != 2:
-            raise UserError(f"nets names two networks, got {list(nets)!r}", key="nets",
-                            hint="e.g. `nets: [a, b]`")
 
     @torch.no_grad()
     def evaluate(self, method, ctx):
