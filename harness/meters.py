@@ -21,13 +21,15 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _status_kb(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status; None where there is no such file (not Linux) or
+    field, and the callers fall back to sampling."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        pass
+        return None
     return None
 
 

@@ -893,10 +893,11 @@ def provenance(data: ReportData) -> list[str]:
     for r in used:
         commits[r.tags.get(f"{TAG}git_commit", "unknown")] += 1
         try:
-            for k, v in json.loads(r.tags.get(f"{TAG}versions", "{}")).items():
-                versions[k].add(str(v))
-        except json.JSONDecodeError:
-            pass
+            recorded = json.loads(r.tags.get(f"{TAG}versions", "{}"))
+        except json.JSONDecodeError:  # a tag edited by hand: this run names no versions
+            recorded = {}
+        for k, v in recorded.items():
+            versions[k].add(str(v))
         parents.add(r.tags.get("mlflow.parentRunId", ""))
     if commits:
         out.append("- git commit of the stage runs: " + ", ".join(

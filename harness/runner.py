@@ -280,8 +280,9 @@ class Driver:
             for key, run_id in list(self.child_ids.items()):
                 try:
                     self.buffers[key].flush()
-                except Exception:  # noqa: BLE001  the status matters more than the curves
-                    pass
+                except Exception as err:  # noqa: BLE001  the status matters more than the curves
+                    self.progress.say(f"warning: the last epochs of {self.by_key[key].name} could "
+                                      f"not be logged ({type(err).__name__}: {err})")
                 self.tracker.client.set_tag(run_id, f"{TAG}error", reason[:5000])
                 self.tracker.client.set_terminated(run_id, status)
             self.child_ids.clear()

@@ -39,14 +39,19 @@ def tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
+def _installed_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("harness", "torch", "torchvision", "mlflow", "pluggy", "numpy", "scikit-learn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """Python and the installed versions of the libraries a result depends on; a library not
+    installed as a distribution (e.g. a source checkout on the path) is left out."""
+    found = {dist: _installed_version(dist) for dist in
+             ("harness", "torch", "torchvision", "mlflow", "pluggy", "numpy", "scikit-learn")}
+    return {"python": platform.python_version(), **{k: v for k, v in found.items() if v}}
 
 
 def git_commit(path: Path) -> str:

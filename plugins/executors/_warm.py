@@ -4,11 +4,11 @@ imports, and every plugin module with its matplotlib or torchvision), several se
 busy two-core machine. Never raises: a plugin that fails to load fails in the worker, where the
 error is reported properly."""
 
-try:
+import contextlib
+
+with contextlib.suppress(Exception):  # reported by the worker that loads it again
     import torch._dynamo  # noqa: F401
 
     from harness.plugins import load
 
     load(())
-except Exception:  # noqa: BLE001
-    pass

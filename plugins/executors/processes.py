@@ -20,6 +20,7 @@ the driver's to handle, and die with the driver (each watches the driver's pid),
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
 import time
@@ -99,10 +100,8 @@ class _Worker:
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc.is_alive() and self.job is None:
-            try:
+            with contextlib.suppress(OSError):  # the pipe is closed: the worker is gone already
                 self.conn.send(None)
-            except OSError:
-                pass
             self.proc.join(timeout)
         if self.proc.is_alive():
             self.proc.kill()

@@ -17,6 +17,7 @@ trains.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
@@ -154,10 +155,8 @@ class RayExecutor(Executor):
                 dispatch()
         finally:
             for ref in running:
-                try:
+                with contextlib.suppress(Exception):  # finished or gone already
                     ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001  already gone
-                    pass
             if started:
                 ray.shutdown()
 
