@@ -15,12 +15,12 @@ import pluggy
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, check_choice, check_non_negative
 
 hookimpl = pluggy.HookimplMarker("harness")
 
 __all__ = [
-    "hookimpl", "UserError", "Split", "DataBundle", "DatasetContext", "Batch", "MethodContext",
+    "hookimpl", "UserError", "check_choice", "check_non_negative", "Split", "DataBundle", "DatasetContext", "Batch", "MethodContext",
     "Method", "Evaluator", "EvalContext", "StageInfo", "StageResult", "load_matching",
 ]
 

@@ -43,3 +43,19 @@ def suggest(name: str, known: Iterable[str]) -> str | None:
         shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         return f"known: {shown}"
     return None
+
+
+def check_choice(value, key: str, choices: Iterable[str], hint: str | None = None):
+    """A plugin option that must be one of ``choices``: returned, or refused as bad input with
+    the option named (the suite's file and key path are added where the option was read)."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UserError(f"unknown {key} {value!r}", key=key, hint=hint or " or ".join(choices))
+    return value
+
+
+def check_non_negative(value, key: str, hint: str | None = None) -> float:
+    """A plugin option that must be a number >= 0 (YAML's booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UserError(f"{key} must be a non-negative number, got {value!r}", key=key, hint=hint)
+    return float(value)

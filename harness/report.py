@@ -29,10 +29,10 @@ from pathlib import Path
 
 from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_reference,
                      stage_rows)
-from .report_spec import ReportSpec, Sweep
+from .report_spec import Sweep
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, describe, paired_t
 from .suite import Setting, StageRun, Suite
-from .tracking import TAG, tracking_uri
+from .tracking import TAG, search_all, tracking_uri
 
 MAIN_METRIC = "final_test_acc"
 CURVE_METRIC = "test_acc"
@@ -97,14 +97,7 @@ class Store:
     def _search(self, flt: str) -> list:
         if self.client is None or self.experiment_id is None:
             return []
-        out, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=flt,
-                                           max_results=1000, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        return search_all(self.client, self.experiment_id, flt)
 
     def stage_runs(self) -> list[RunRecord]:
         records = []
@@ -377,7 +370,7 @@ def metric_tables(sd: SettingData) -> list[str]:
     """The metrics the suite's ``report.metrics`` lists, mean ± std (n) over seeds: one table
     with a column per metric where the setting has one stage (a paper's per-variant table),
     else one table per metric with a column per stage."""
-    metrics = (sd.setting.report or ReportSpec()).metrics
+    metrics = sd.setting.report.metrics
     if not metrics:
         return []
     logged = [m for m in metrics if any(m in r.metrics for r in sd.finished())]
@@ -837,7 +830,7 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
         if ref:
             out += ["### Paper's values beside the measured ones", ""] + ref
         out += metric_tables(sd)
-        for i, sweep in enumerate((sd.setting.report or ReportSpec()).sweeps):
+        for i, sweep in enumerate(sd.setting.report.sweeps):
             out += [f"### Sweep: {', '.join(_metric_title(y) for y in sweep.y)} against "
                     f"{_metric_title(sweep.x)}", ""] + sweep_tables(sd, sweep)
             rel = (sweeps or {}).get((sd.setting.name, i))
@@ -932,7 +925,7 @@ def write_report(data: ReportData, store: Store, out: Path, *, command: str) -> 
         if curves_figure(sd, store, out / "figures" / f"{prefix}-curves.png"):
             figs.append(("test accuracy per epoch", f"figures/{prefix}-curves.png"))
         figures[sd.setting.name] = figs
-        for i, sweep in enumerate((sd.setting.report or ReportSpec()).sweeps):
+        for i, sweep in enumerate(sd.setting.report.sweeps):
             rel = f"figures/{prefix}-sweep{i + 1}.png"
             if sweep_figure(sd, sweep, out / rel):
                 sweeps[(sd.setting.name, i)] = rel

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, suggest
+from .report_spec import ReportSpec, parse_report
 
 AXES = ("method", "dataset", "architecture")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -95,8 +96,8 @@ class Setting:
     evaluate: list[PluginRef]
     claims: list[str]
     reference: dict[str, Any]
-    #: what the report shows beyond test accuracy (``harness.report_spec``)
-    report: Any = None
+    #: what the report shows beyond test accuracy
+    report: ReportSpec = field(default_factory=ReportSpec)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class _Checker:
         if isinstance(value, dict):
             if "name" not in value or not isinstance(value["name"], str):
                 self.fail(key, f"a {axis} entry needs a `name:`",
-                          f"write `- {{name: std}}` or just `- std`")
+                          "write `- {name: std}` or just `- std`")
             options = {k: v for k, v in value.items() if k not in ("name", "label")}
             label = value.get("label")
             if label is None:
@@ -490,7 +491,6 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
                       grid=grid, seeds=seeds, stages=stages, evaluate=evaluate, claims=claims,
                       reference=c.mapping(raw.get("reference"), f"{p}reference"))
     from .claims import check_setting, stage_rows  # these name stages and rows: check them now
-    from .report_spec import parse_report
     check_setting(setting, file=c.file, prefix=p)
     setting.report = parse_report(raw.get("report"), stage_rows(setting), file=c.file, prefix=p)
     return setting

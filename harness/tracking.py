@@ -46,6 +46,18 @@ def _installed_version(dist: str) -> str | None:
         return None
 
 
+def search_all(client, experiment_id: str, flt: str) -> list:
+    """Every run of the experiment that matches ``flt``, all pages of MLflow's search."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=flt, max_results=1000,
+                                  page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 def library_versions() -> dict[str, str]:
     """Python and the installed versions of the libraries a result depends on; a library not
     installed as a distribution (e.g. a source checkout on the path) is left out."""
@@ -146,8 +158,7 @@ class Tracker:
     def __init__(self, home: Path, suite_name: str, *, create: bool = True):
         import logging
 
-        import mlflow  # noqa: F401  (slow import: only when tracking is needed)
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # a slow import: only when tracking is needed
 
         for name in ("mlflow", "alembic"):  # schema-migration chatter on a new store
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -182,14 +193,7 @@ class Tracker:
         flt = f"tags.`{TAG}identity` != ''"
         if status:
             flt += f" and attributes.status = '{status}'"
-        out, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=flt,
-                                           max_results=1000, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        return search_all(self.client, self.experiment_id, flt)
 
     def finished(self) -> dict[str, FinishedRun]:
         """Identity -> the finished stage run that has it (the newest if, oddly, several)."""

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Method, UserError, hookimpl
+from harness.api import Method, UserError, check_choice, check_non_negative, hookimpl
 
 REGIMES = ("joint", "incremental")
 ROTATIONS = ("random", "all")
@@ -153,21 +153,14 @@ class AuxHeads(Method):
             if not isinstance(value, bool):
                 raise UserError(f"{key} is switched on or off, got {value!r}", key=key,
                                 hint=f"write `{key}: true`")
-        if regime not in REGIMES:
-            raise UserError(f"unknown regime {regime!r}", key="regime", hint=" or ".join(REGIMES))
-        if rotations not in ROTATIONS:
-            raise UserError(f"unknown rotations {rotations!r}", key="rotations",
-                            hint="random (one right angle per sample) or all (four copies)")
-        if aux_head not in AUX_HEADS:
-            raise UserError(f"unknown aux_head {aux_head!r}", key="aux_head",
-                            hint="copy (the task head's layers), linear or pool")
-        if head_batch not in HEAD_BATCHES:
-            raise UserError(f"unknown head_batch {head_batch!r}", key="head_batch",
-                            hint="shared (one forward over both networks) or separate")
-        self.head_batch = head_batch
-        self.aux_head = aux_head
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise UserError(f"weight must be a non-negative number, got {weight!r}", key="weight")
+        check_choice(regime, "regime", REGIMES)
+        check_choice(rotations, "rotations", ROTATIONS,
+                     hint="random (one right angle per sample) or all (four copies)")
+        self.aux_head = check_choice(aux_head, "aux_head", AUX_HEADS,
+                                     hint="copy (the task head's layers), linear or pool")
+        self.head_batch = check_choice(head_batch, "head_batch", HEAD_BATCHES,
+                                       hint="shared (one forward over both networks) or separate")
+        check_non_negative(weight, "weight")
         self.split = split if split is not None else getattr(model, "default_split", None)
         if not isinstance(self.split, str):
             raise UserError("aux_heads needs the layer to split the network at", key="split",

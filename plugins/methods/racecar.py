@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Method, UserError, hookimpl
+from harness.api import Method, UserError, check_choice, hookimpl
 
 __all__ = ["Racecar", "ReversePass", "TRUNK_ATTRIBUTE", "declared_trunk", "transpose_linear_part",
            "unpool", "parse_trunk"]
@@ -224,10 +224,9 @@ class ReversePass(nn.Module):
     def __init__(self, model: nn.Module, *, trunk=None, input_activation: bool = True,
                  reverse_bn: str = "batch"):
         super().__init__()
-        if reverse_bn not in REVERSE_BN:
-            raise UserError(f"unknown reverse_bn {reverse_bn!r}", key="reverse_bn",
-                            hint="batch (own batch statistics) or running (also update and use "
-                                 "the forward running averages)")
+        check_choice(reverse_bn, "reverse_bn", REVERSE_BN,
+                     hint="batch (own batch statistics) or running (also update and use the "
+                          "forward running averages)")
         if not isinstance(input_activation, bool):
             raise UserError(f"input_activation must be true or false, got {input_activation!r}",
                             key="input_activation")
@@ -364,13 +363,10 @@ class Racecar(Method):
                             f"got {weight!r}", key="weight",
                             hint="YAML reads 1e-2 as a string: write 1.0e-2")
         self.weights = [float(w) for w in weights]
-        if loss_form not in LOSS_FORMS:
-            raise UserError(f"unknown loss_form {loss_form!r}", key="loss_form",
-                            hint="half_sq (authors' code) or l2 (the paper's printed norm)")
-        if start not in STARTS:
-            raise UserError(f"unknown start {start!r}", key="start",
-                            hint="constrained (from layer s) or trunk (from the trunk's end)")
-        self.loss_form, self.start = loss_form, start
+        self.loss_form = check_choice(loss_form, "loss_form", LOSS_FORMS,
+                                      hint="half_sq (authors' code) or l2 (the paper's printed norm)")
+        self.start = check_choice(start, "start", STARTS,
+                                  hint="constrained (from layer s) or trunk (from the trunk's end)")
 
     def racecar_loss(self, inputs, regenerated) -> torch.Tensor:
         total = inputs[0].new_zeros(())

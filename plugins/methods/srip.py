@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.api import Method, UserError, hookimpl
+from harness.api import Method, UserError, check_choice, check_non_negative, hookimpl
 
 __all__ = ["Srip", "gram_residual", "srip_penalty", "so_penalty", "reference_decay"]
 
@@ -78,15 +78,11 @@ class Srip(Method):
     def __init__(self, model, ctx, *, weight: float = 0.1, variant: str = "srip",
                  schedule: str = "constant", power_iterations: int = 1, squared: bool = True):
         super().__init__(model, ctx)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise UserError(f"weight must be a non-negative number, got {weight!r}", key="weight",
-                            hint="YAML reads 1e-1 as a string: write 1.0e-1")
-        if variant not in VARIANTS:
-            raise UserError(f"unknown variant {variant!r}", key="variant",
-                            hint="srip (spectral norm) or so (Frobenius soft orthogonality)")
-        if schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {schedule!r}", key="schedule",
-                            hint="constant, or reference (the SRIP code's decay of beta)")
+        check_non_negative(weight, "weight", hint="YAML reads 1e-1 as a string: write 1.0e-1")
+        check_choice(variant, "variant", VARIANTS,
+                     hint="srip (spectral norm) or so (Frobenius soft orthogonality)")
+        check_choice(schedule, "schedule", SCHEDULES,
+                     hint="constant, or reference (the SRIP code's decay of beta)")
         if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) \
                 or power_iterations < 1:
             raise UserError(f"power_iterations must be a positive whole number, got "
