@@ -81,60 +81,51 @@ def test_multi_update_logs_each_update_and_lr(tmp_path, plugins, one_thread):
     assert result.params["optimizers"] == "all,heads,generator"
 
 
-def test_resume_is_bit_exact_across_a_change_of_phase(tmp_path, plugins, one_thread):
-    """Phase changes after 30 steps, inside epoch 2; the run stops after epoch 1 and resumes."""
-    method = {"name": "mcd", "warmup": 30, "k": 1}
-    straight = run_stage(task(tmp_path / "a", method, epochs=3), plugins)
+class _Stop(BaseException):
+    """Ends a stage run between two epochs, after the resume state was saved."""
+
+
+def straight_and_resumed(tmp_path, plugins, method, stop_at, **kw):
+    """An uninterrupted run, and one stopped after epoch ``stop_at`` then resumed."""
+    straight = run_stage(task(tmp_path / "a", method, **kw), plugins)
     assert straight.ok, straight.error
 
-    class Stop(BaseException):
-        pass
+    def stop(epoch, metrics):
+        if epoch == stop_at:
+            raise _Stop
 
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_stage(task(tmp_path / "b", method, epochs=3), plugins, on_epoch=stop_after_first)
-    resumed_task = task(tmp_path / "b", method, epochs=3)
-    resumed_task.resume = True
-    resumed = run_stage(resumed_task, plugins)
-    assert resumed.ok and resumed.params["resumed_from_epoch"] == 1
+    with pytest.raises(_Stop):
+        run_stage(task(tmp_path / "b", method, **kw), plugins, on_epoch=stop)
+    again = task(tmp_path / "b", method, **kw)
+    again.resume = True
+    resumed = run_stage(again, plugins)
+    assert resumed.ok and resumed.params["resumed_from_epoch"] == stop_at
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
     a, b = final_state(straight), final_state(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    return straight, a, b
+
+
+def test_resume_is_bit_exact_across_a_change_of_phase(tmp_path, plugins, one_thread):
+    """Phase changes after 30 steps, inside epoch 2; the run stops after epoch 1 and resumes."""
+    _, a, b = straight_and_resumed(tmp_path, plugins, {"name": "mcd", "warmup": 30, "k": 1},
+                                   stop_at=1, epochs=3)
     assert a["_extra_state"] == b["_extra_state"] == {"steps": 69, "phase": "adapt"}
 
 
 def test_semi_supervised_resume_and_ema(tmp_path, plugins, one_thread):
-    data = {"name": "digits", "labels_per_class": 5}
-    method = {"name": "semi", "ratio": 2.0}
-    straight = run_stage(task(tmp_path / "a", method, dataset=data, epochs=4), plugins)
-    assert straight.ok, straight.error
+    straight, a, _ = straight_and_resumed(tmp_path, plugins, {"name": "semi", "ratio": 2.0},
+                                          stop_at=2, epochs=4,
+                                          dataset={"name": "digits", "labels_per_class": 5})
     row = straight.history[-1]
     # the epoch is one pass of the largest stream (1388 unlabelled, batch 128: 11 steps); the 50
     # labelled samples cycle in exact batches of 64
     assert row["seen_unlabelled"] == 4 * 1388 and row["seen_labelled"] == 4 * 11 * 64
-
-    class Stop(BaseException):
-        pass
-
-    def stop(epoch, metrics):
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_stage(task(tmp_path / "b", method, dataset=data, epochs=4), plugins, on_epoch=stop)
-    t = task(tmp_path / "b", method, dataset=data, epochs=4)
-    t.resume = True
-    resumed = run_stage(t, plugins)
-    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
-    a, b = final_state(straight), final_state(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
-    assert not torch.equal(a["ema.conv1.weight"] if "ema.conv1.weight" in a else
-                           next(v for k, v in a.items() if k.startswith("ema.")),
-                           next(v for k, v in a.items() if k.startswith("model.")))
+    ema = {k[len("ema."):]: v for k, v in a.items() if k.startswith("ema.")}
+    model = {k[len("model."):]: v for k, v in a.items() if k.startswith("model.")}
+    assert ema.keys() == model.keys() and not all(torch.equal(ema[k], model[k]) for k in ema)
+    assert a["_extra_state"] == {"seen_unlabelled": 4 * 1388}
 
 
 def test_no_label_of_an_unlabelled_sample_reaches_the_method(tmp_path, plugins, one_thread):
