@@ -154,6 +154,38 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
                 data=data)
 
 
+def _locate(suite: Suite, err: UserError, ref, own: tuple[str, ...]) -> UserError:
+    key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
+    return UserError(err.message, file=suite.path, key=key, hint=err.hint)
+
+
+def _build_untrained(suite: Suite, plugins, run: StageRun, stage_data: StageData, upstream):
+    """The stage run's method, untrained on the CPU; None when it fails other than as bad input."""
+    main = stage_data.main
+    try:
+        model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
+    except UserError as err:
+        raise _locate(suite, err, run.architecture, ("architecture",)) from None
+    except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
+        return None
+    try:
+        method = build_method(plugins, run.method.spec(), run.architecture.spec(),
+                              data=stage_data, input_shape=main.input_shape,
+                              num_classes=main.num_classes, stage=run.stage, seed=run.seed,
+                              epochs=int(run.run["epochs"]), device=torch.device("cpu"),
+                              upstream=upstream, run=run.run, model=model)
+        resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
+    except UserError as err:
+        if err.key == "dataset":
+            raise _locate(suite, err, run.dataset, ("dataset",)) from None
+        raise _locate(suite, err, run.method, ("method", run.method.name)) from None
+    except Exception:  # noqa: BLE001  as above
+        return None
+    method.eval()
+    method.requires_grad_(False)
+    return method
+
+
 def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, StageData]) -> None:
     """Build every distinct network and method once, untrained, before anything is recorded.
 
@@ -166,15 +198,9 @@ def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, Stage
     """
     by_key = {r.key: r for r in runs}
     methods: dict[str, object] = {}
-    cpu = torch.device("cpu")
-
-    def locate(err: UserError, ref, own: tuple[str, ...]) -> UserError:
-        key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
-        return UserError(err.message, file=suite.path, key=key, hint=err.hint)
 
     def method_of(run: StageRun):
         stage_data = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
-        main = stage_data.main
         key = json.dumps([run.method.spec(), run.architecture.spec(), run.dataset.spec(),
                           sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
                                  for r, k in run.refs.items())], sort_keys=True, default=str)
@@ -186,27 +212,7 @@ def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, Stage
             upstream[r] = method_of(by_key[k])
             if upstream[r] is None:
                 return None
-        try:
-            model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
-        except UserError as err:
-            raise locate(err, run.architecture, ("architecture",)) from None
-        except Exception:  # noqa: BLE001  as above
-            return None
-        try:
-            method = build_method(plugins, run.method.spec(), run.architecture.spec(),
-                                  data=stage_data, input_shape=main.input_shape,
-                                  num_classes=main.num_classes, stage=run.stage, seed=run.seed,
-                                  epochs=int(run.run["epochs"]), device=cpu, upstream=upstream,
-                                  run=run.run, model=model)
-            resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
-            method.eval()
-            method.requires_grad_(False)
-        except UserError as err:
-            if err.key == "dataset":
-                raise locate(err, run.dataset, ("dataset",)) from None
-            raise locate(err, run.method, ("method", run.method.name)) from None
-        except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
-            return None
+        method = _build_untrained(suite, plugins, run, stage_data, upstream)
         methods[key] = method
         return method
 
