@@ -25,6 +25,7 @@ from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, resolve_dev
 from .errors import UserError
 from .executors import Job
 from .progress import Progress
+from .records import dataset_inputs, log_network
 from .suite import StageRun, Suite, check_plugins, expand
 from .train.build import StageData, build_method, build_model, build_stage_data
 from .train.streams import resolve_streams
@@ -230,7 +231,7 @@ class Driver:
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
                  executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
-                 resume: bool = False, checkpoint_every: float = 30.0):
+                 resume: bool = False, checkpoint_every: float = 30.0, log_model: str = "pickle"):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
@@ -249,6 +250,9 @@ class Driver:
         self.versions = library_versions()
         self.commit = git_commit(Path(plan.suite.path).resolve())
         self.resume, self.checkpoint_every = resume, checkpoint_every
+        self.log_model = log_model
+        #: seconds spent on MLflow's dataset and model records (the report's tracking cost)
+        self.record_seconds = 0.0
 
     # -- the whole invocation -------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -387,6 +391,10 @@ class Driver:
             return None
         run_id = self.tracker.start_child(run.name, tags, params, config)
         self.child_ids[run.key] = run_id
+        t0 = time.perf_counter()
+        self.tracker.client.log_inputs(run_id, datasets=dataset_inputs(self.stage_data(run),
+                                                                       run.dataset.spec()))
+        self.record_seconds += time.perf_counter() - t0
         self.buffers[run.key] = EpochBuffer(self.tracker, run_id)
         self.progress.begin(run.name, int(run.run["epochs"]))
         return StageTask(
@@ -402,9 +410,12 @@ class Driver:
             resume_dir=str(resume_dir(self.home, ident)), resume=self.resume,
             checkpoint_every=self.checkpoint_every)
 
+    def stage_data(self, run: StageRun) -> StageData:
+        return self.plan.data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+
     def execute_here(self, task: StageTask) -> StageResult:
         run = self.by_identity[task.identity]
-        data = self.plan.data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+        data = self.stage_data(run)
         buffer = self.buffers[run.key]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -434,6 +445,8 @@ class Driver:
             if not trace.exists():
                 trace.parent.mkdir(parents=True, exist_ok=True)
                 trace.write_text(result.traceback)
+        if result.ok:
+            self.record_model(run, run_id, result)
         self.tracker.finish_child(run_id, result.status, result.summary, result.params,
                                   result.artifact_dir, tags)
         # recorded: an interrupted run's saved epochs are of no more use
@@ -451,6 +464,17 @@ class Driver:
             self.failed[run.key] = result.error or "failed"
             self.outcome.messages.append(f"{run.name}: {result.error}")
             self.progress.done(run.name, "FAILED", result.error or "")
+
+    def record_model(self, run: StageRun, run_id: str, result: StageResult) -> None:
+        """The trained network as the MLflow model ``model`` of the stage run."""
+        checkpoint = Path(result.artifact_dir or "") / CHECKPOINT
+        if self.log_model == "off" or not checkpoint.is_file():
+            return
+        t0 = time.perf_counter()
+        example = self.stage_data(run).main.test.x[:2]
+        result.params["model_uri"] = log_network(self.plugins, self.tracker.uri, run_id,
+                                                 checkpoint, example, self.log_model)
+        self.record_seconds += time.perf_counter() - t0
 
     def tags(self, run: StageRun) -> dict[str, str]:
         return {
