@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
     plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
     plug.add_argument("--json", action="store_true")
+    plug.add_argument("--check", nargs="*", metavar="PLUGIN", default=None,
+                      help="run the conformance kit on every installed plugin (or those named)")
+
+    new = sub.add_parser("new", help="write a plugin package that installs, passes the kit, runs")
+    new.add_argument("kind", choices=["method", "dataset", "architecture", "evaluator"])
+    new.add_argument("name", help="the plugin's name, e.g. my_reg")
+    new.add_argument("--dir", default=".", help="where the package folder goes (default: here)")
 
     lst = sub.add_parser("list", parents=[common], help="list registered names of one kind")
     lst.add_argument("kind", choices=["datasets", "architectures", "methods", "evaluators",
@@ -114,7 +121,11 @@ def _dispatch(args, argv) -> int:
     if args.command == "validate":
         return _validate(args, load(args.plugin))
     if args.command == "plugins":
+        if args.check is not None:
+            return _check_plugins(args, load(args.plugin))
         return _plugins(args, load(args.plugin))
+    if args.command == "new":
+        return _new(args)
     if args.command == "list":
         registry = load(args.plugin).registry(args.kind)
         for name in registry.names():
@@ -173,6 +184,30 @@ def _plugins(args, plugins) -> int:
         regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registers.items()) or "-"
         hooks = ", ".join(h.replace("harness_", "") for h in info.hooks)
         print(f"{info.name} {info.version} ({info.module})\n    hooks: {hooks}\n    registers: {regs}")
+    return 0
+
+
+def _check_plugins(args, plugins) -> int:
+    from .testing.installed import check_installed
+
+    rows = check_installed(plugins, args.check or None)
+    for row in rows:
+        state = ("cannot check" if row.error else "FAILED" if row.failed else "passed")
+        print(f"{row.plugin:<28} {row.kind:<13} {row.name:<20} {state:<12} "
+              f"{len(row.passed)} passed, {len(row.failed)} failed")
+        for check, why in row.failed.items():
+            print(f"    {check}: {why}")
+        if row.error:
+            print(f"    {row.error}")
+    return 1 if any(row.failed for row in rows) else 0
+
+
+def _new(args) -> int:
+    from .scaffold import scaffold
+
+    root = scaffold(args.kind, args.name, Path(args.dir))
+    print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
+          f"harness run {root}/suites/{args.name}.yaml")
     return 0
 
 

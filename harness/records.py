@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 
@@ -61,16 +60,17 @@ def dataset_inputs(data: StageData, spec: dict) -> list:
     return out
 
 
-def log_network(plugins, tracking_uri: str, run_id: str, checkpoint: Path, example: torch.Tensor,
-                fmt: str) -> str | None:
-    """Log the primary network of a finished stage run as the MLflow model ``model``; return
-    its model URI (None when ``fmt`` is ``off``)."""
+def log_network(plugins, tracking_uri: str, run_id: str, source: ModelSource,
+                example: torch.Tensor, fmt: str) -> str | None:
+    """Log the primary network of a finished stage run (its checkpoint and those of its
+    references, in ``source``) as the MLflow model ``model``; return its model URI (None when
+    ``fmt`` is ``off``)."""
     if fmt == "off":
         return None
     import mlflow
     import mlflow.pytorch
 
-    method = load_method(plugins, ModelSource(str(checkpoint)), torch.device("cpu"))
+    method = load_method(plugins, source, torch.device("cpu"))
     network = method.model
     version = torch.__version__.split("+")[0]
     mlflow.set_tracking_uri(tracking_uri)

@@ -472,8 +472,13 @@ class Driver:
             return
         t0 = time.perf_counter()
         example = self.stage_data(run).main.test.x[:2]
-        result.params["model_uri"] = log_network(self.plugins, self.tracker.uri, run_id,
-                                                 checkpoint, example, self.log_model)
+        source = ModelSource(str(checkpoint), {r: self.source(k) for r, k in run.refs.items()})
+        try:
+            result.params["model_uri"] = log_network(self.plugins, self.tracker.uri, run_id,
+                                                     source, example, self.log_model)
+        except Exception as exc:  # noqa: BLE001  a record MLflow refused; the run itself is fine
+            self.tracker.client.set_tag(run_id, f"{TAG}model_error", f"{type(exc).__name__}: {exc}")
+            self.progress.say(f"{run.name}: the network was not logged as an MLflow model: {exc}")
         self.record_seconds += time.perf_counter() - t0
 
     def tags(self, run: StageRun) -> dict[str, str]:
