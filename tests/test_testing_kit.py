@@ -42,9 +42,12 @@ def test_builtin_architectures_pass_the_kit(name, shapes):
     assert set(check_architecture(entry("architectures", name), shapes=shapes).values()) == {None}
 
 
-@pytest.mark.parametrize("name", ["accuracy", "reconstruction"])
-def test_builtin_evaluators_pass_the_kit(name):
-    assert set(check_evaluator(entry("evaluators", name)).values()) == {None}
+@pytest.mark.parametrize("name, method", [
+    ("accuracy", None), ("reconstruction", None), ("mi_plane", None),
+    ("head_swap", {"name": "aux_heads", "split": "4"}),
+    ("feature_correlation", {"name": "aux_heads", "split": "4"})])
+def test_builtin_evaluators_pass_the_kit(name, method):
+    assert set(check_evaluator(entry("evaluators", name), method=method).values()) == {None}
 
 
 @pytest.mark.parametrize("cls, check, options", [

@@ -59,8 +59,11 @@ def architecture(factory, *, shapes=((1, 8, 8),), classes=(2, 10), expected_fail
                            {"shapes": shapes, "classes": classes}, expected_failed_checks or {})
 
 
-def evaluator(cls, *, expected_failed_checks=None, **options):
-    return PluginUnderTest("evaluator", cls, options, {}, expected_failed_checks or {})
+def evaluator(cls, *, method=None, expected_failed_checks=None, **options):
+    """``method``: the spec of the method the evaluator measures (default std), e.g. a
+    two-network method for evaluators that compare networks."""
+    return PluginUnderTest("evaluator", cls, options, {"method": method},
+                           expected_failed_checks or {})
 
 
 def checks_for(plugin: PluginUnderTest) -> list[tuple[str, Callable[[], None]]]:
@@ -76,7 +79,8 @@ def checks_for(plugin: PluginUnderTest) -> list[tuple[str, Callable[[], None]]]:
         return [(c.__name__, (lambda c=c: c(plugin.obj, plugin.options, plugin.extra["shapes"],
                                             plugin.extra["classes"])))
                 for c in architecture_checks()]
-    return [(c.__name__, (lambda c=c: c(plugin.obj, plugin.options))) for c in evaluator_checks()]
+    return [(c.__name__, (lambda c=c: c(plugin.obj, plugin.options, plugin.extra["method"])))
+            for c in evaluator_checks()]
 
 
 def _run_all(plugin: PluginUnderTest, on_fail: str) -> dict[str, str | None]:
@@ -114,8 +118,8 @@ def check_architecture(factory, options=None, *, shapes=((1, 8, 8),), classes=(2
                     on_fail)
 
 
-def check_evaluator(cls, options=None, *, on_fail="raise"):
-    return _run_all(evaluator(cls, **(options or {})), on_fail)
+def check_evaluator(cls, options=None, *, method=None, on_fail="raise"):
+    return _run_all(evaluator(cls, method=method, **(options or {})), on_fail)
 
 
 def parametrize_with_checks(plugins: list[PluginUnderTest]):

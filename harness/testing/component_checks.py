@@ -71,13 +71,15 @@ def check_architecture_fits(factory, options: dict[str, Any], shapes, classes) -
                 raise CheckFailed("the same seed built different initial weights")
 
 
-def check_evaluator_returns_finite_floats(cls, options: dict[str, Any]) -> None:
-    """On a fresh std network the evaluator returns named finite floats, and it pickles (the
-    resume state keeps evaluators that collect points across epochs)."""
+def check_evaluator_returns_finite_floats(cls, options: dict[str, Any],
+                                          method_spec: dict[str, Any] | None = None) -> None:
+    """On a fresh network of ``method_spec`` (default std) the evaluator returns named finite
+    floats, and it pickles (the resume state keeps evaluators that collect points across
+    epochs)."""
     plugins = kit_plugins()
     data = StageData({"target": tiny_data()})
     main = data.main
-    method = build_method(plugins, {"name": "std"}, {"name": KIT_NET}, data=data,
+    method = build_method(plugins, method_spec or {"name": "std"}, {"name": KIT_NET}, data=data,
                           input_shape=main.input_shape, num_classes=main.num_classes, stage="kit",
                           seed=0, epochs=1, device=torch.device("cpu"))
     evaluator = cls(**options)

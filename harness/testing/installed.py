@@ -1,8 +1,9 @@
 """``harness plugins --check``: the kit run on every installed plugin, one row per name.
 
 Options cannot be known for a plugin that needs some (a split point, a data folder), so each
-name is checked with its defaults; a name that cannot be built that way is reported as such,
-with the reason, rather than as a broken contract. Architectures are probed on a few common
+name is checked with its defaults; a name that cannot be built or exercised that way (an error
+other than a failed check) is reported as such, with the reason, rather than as a broken
+contract. Architectures are probed on a few common
 input shapes and checked on those they build for.
 """
 
@@ -62,8 +63,13 @@ def _row(entry, kind: str) -> CheckRow:
             row.passed.append(name)
         except CheckFailed as exc:
             row.failed[name] = str(exc)
-        except Exception as exc:  # noqa: BLE001  a crash inside a check is a failure too
-            row.failed[name] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001  missing files, a method it cannot measure, ...
+            # not a broken contract but a plugin the defaults cannot exercise (a data set whose
+            # files are absent, an evaluator of two-network methods given one network): said
+            # as such, and the remaining checks of the name are not run
+            row.error = f"not checkable with its default options: {type(exc).__name__}: {exc}"
+            row.passed.clear()
+            return row
     return row
 
 
