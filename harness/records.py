@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from contextlib import contextmanager
 
 import torch
 
@@ -29,6 +31,7 @@ from .train.checkpoint import ModelSource, load_method
 __all__ = ["MODEL_FORMATS", "dataset_inputs", "log_network"]
 
 MODEL_FORMATS = ("pickle", "pt2", "off")
+URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def _input(name: str, digest: str, spec: dict, context: str, samples: int, shape, classes):
@@ -73,15 +76,35 @@ def log_network(plugins, tracking_uri: str, run_id: str, source: ModelSource,
     method = load_method(plugins, source, torch.device("cpu"))
     network = method.model
     version = torch.__version__.split("+")[0]
-    mlflow.set_tracking_uri(tracking_uri)
     quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickle, once per stage run
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with _fluent_store(tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(network, name="model", serialization_format=fmt,
                                             input_example=example.cpu().numpy(),
                                             pip_requirements=[f"torch=={version}"])
     finally:
         quiet.setLevel(level)
     return info.model_uri
+
+
+@contextmanager
+def _fluent_store(uri: str):
+    """MLflow's model logging is fluent (it needs an active run, on the global tracking URI),
+    and ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, which
+    the harness reads as the user's choice of store: left set, it would send the next suite of
+    this process to this store. Both are put back as they were."""
+    import mlflow
+
+    env = os.environ.get(URI_ENV)
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop(URI_ENV, None)
+        else:
+            os.environ[URI_ENV] = env
