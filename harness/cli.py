@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -40,9 +41,11 @@ def _parser() -> argparse.ArgumentParser:
                           "processes when -j is over 1)")
     run.add_argument("-j", "--jobs", type=int, default=None,
                      help="parallel stage runs (default: 1 inline, else the number of cores)")
-    run.add_argument("--log-model", default="pickle", choices=("pickle", "pt2", "off"),
+    run.add_argument("--log-model", default=os.environ.get("HARNESS_LOG_MODEL", "pickle"),
+                     choices=("pickle", "pt2", "off"),
                      help="how each trained network is logged as an MLflow model (default "
-                          "pickle: loads back as the same module; pt2: torch.export's graph)")
+                          "$HARNESS_LOG_MODEL, else pickle: loads back as the same module; pt2: "
+                          "torch.export's graph; off: none)")
     run.add_argument("--gpus", default=None,
                      help="GPUs the workers share, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else "
                           "every GPU torch sees); `none`: CPU only")

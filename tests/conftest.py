@@ -31,6 +31,8 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HARNESS_PLUGINS", raising=False)
     monkeypatch.delenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    # MLflow's model record costs ~0.7 s a stage run; tests/test_records.py asks for it
+    monkeypatch.setenv("HARNESS_LOG_MODEL", "off")
     monkeypatch.chdir(tmp_path)
     return home
 

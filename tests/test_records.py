@@ -40,9 +40,10 @@ def test_datasets_and_a_loadable_model_per_stage_run(write_suite):
     import mlflow
     import mlflow.pytorch
 
-    assert main(["run", str(write_suite(SUITE)), "--quiet"]) == 0
+    before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.is_tracking_uri_set())
+    assert main(["run", str(write_suite(SUITE)), "--quiet", "--log-model", "pickle"]) == 0
     # the fluent model logging left the process's choice of store as it was
-    assert "MLFLOW_TRACKING_URI" not in os.environ and not mlflow.is_tracking_uri_set()
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.is_tracking_uri_set()) == before
     uri, client, runs = _runs()
     semi = runs["semi/std/seed0"]
     inputs = {d.dataset.name: (d.dataset.digest, [t.value for t in d.tags])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import harness_test_broken as broken
+import kit_broken_plugins as broken
 from harness.plugins import Plugins
 from harness.testing import (CheckFailed, architecture, check_architecture, check_dataset,
                              check_evaluator, check_method, dataset, evaluator, method,
