@@ -217,7 +217,7 @@ def _run(args, argv, home: Path, plugins) -> int:
     from .progress import Progress
     from .runner import Driver, make_plan
     from .suite import load_suite
-    from .tracking import Tracker
+    from .tracking import Tracker, check_writable
 
     suite = load_suite(args.suite, args.profile)
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
@@ -227,6 +227,8 @@ def _run(args, argv, home: Path, plugins) -> int:
                 stage.run["download"] = True
     executor = _executor(args, plugins)
     progress = Progress(quiet=args.quiet)
+    if not args.dry_run:
+        check_writable(home)  # before the data is built: minutes of MLflow retries otherwise
     plan = make_plan(suite, plugins, data_root)
     if args.dry_run:
         for run in plan.runs:
@@ -234,6 +236,8 @@ def _run(args, argv, home: Path, plugins) -> int:
         print(f"{len(plan.runs)} stage runs")
         return 0
     tracker = Tracker(home, suite.name)
+    if tracker.note:
+        progress.say(tracker.note)
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
                     progress=progress, command=command, plugin_modules=args.plugin,

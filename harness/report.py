@@ -32,6 +32,7 @@ from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_r
 from .report_spec import Sweep
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, describe, paired_t
 from .suite import Setting, StageRun, Suite
+from .store_file import readable, sqlite_path
 from .tracking import TAG, search_all, tracking_uri
 
 MAIN_METRIC = "final_test_acc"
@@ -78,7 +79,8 @@ class Store:
     @classmethod
     def open(cls, home: Path, suite_name: str) -> "Store":
         uri = tracking_uri(home)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        db = sqlite_path(uri)
+        if db is not None and not readable(db):
             return cls(None, None, uri)  # no store: do not create one just to read it
         import logging
 

@@ -14,11 +14,15 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from . import store_file
+from .errors import UserError
 
 HOME_ENV = "HARNESS_HOME"
 DEFAULT_HOME = ".harness"
@@ -37,6 +41,24 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 def tracking_uri(home: Path) -> str:
     """``$MLFLOW_TRACKING_URI`` when set (a server, another database), else SQLite in the home."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def check_writable(home: Path) -> None:
+    """Refuse, before anything starts, a home this process cannot write: MLflow would retry for
+    minutes and then fail with a traceback. Only the default SQLite store lives in the home."""
+    if not tracking_uri(home).startswith("sqlite:"):
+        return
+    hint = "give a writable folder with --home or $HARNESS_HOME"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"the harness home {home} is not writable: {exc.strerror or exc}",
+                        key="--home", hint=hint) from None
+    db = home / "mlflow.db"
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise UserError(f"the tracking store {db} is not writable", key="--home", hint=hint)
 
 
 def _installed_version(dist: str) -> str | None:
@@ -149,8 +171,8 @@ class Tracker:
     def existing(cls, home: Path, suite_name: str) -> "Tracker | None":
         """The store as it is, for reading (``harness plan``): None when it or the suite's
         experiment does not exist yet, and nothing is created either way."""
-        uri = tracking_uri(home)
-        if uri.startswith("sqlite:") and not Path(uri[len("sqlite:///"):]).is_file():
+        db = store_file.sqlite_path(tracking_uri(home))
+        if db is not None and not store_file.readable(db):
             return None
         tracker = cls(home, suite_name, create=False)
         return tracker if tracker.experiment_id is not None else None
@@ -164,9 +186,13 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.home = home
-        if create:
-            home.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(home)
+        self.note: str | None = None  # what was repaired, for the user
+        db = store_file.sqlite_path(self.uri)
+        if create:
+            check_writable(home)
+            if db is not None:
+                self.note = store_file.ensure_store(db, (home / "artifacts").as_uri())
         self.client = MlflowClient(tracking_uri=self.uri)
         self.suite_name = suite_name
         if create:
