@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     rep.add_argument("--out", help="output folder (default: reports/<suite name>)")
     rep.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace a report that is committed to git")
 
     plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
     plug.add_argument("--json", action="store_true")
@@ -83,12 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def printable(text: str) -> str:
+    """Control and bidirectional-override characters escaped, so that a name in a suite can
+    neither move the cursor nor reorder what the terminal shows."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
     except UserError as err:
-        one_line = " ".join(err.format().split())  # a plugin's message may span lines
+        one_line = printable(" ".join(err.format().split()))  # a plugin's may span lines
         print(f"harness: error: {one_line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -140,7 +148,8 @@ def _report(args, argv, home: Path, plugins) -> int:
     out = Path(args.out) if args.out else Path("reports") / suite.name
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    data, path = report_suite(suite, plugins, home=home, out=out, data_root=data_root, command=command)
+    data, path = report_suite(suite, plugins, home=home, out=out, data_root=data_root,
+                              command=command, force=args.force)
     for i, verdict in enumerate(data.verdicts, 1):
         setting = f"[{verdict.setting}] " if len(data.settings) > 1 else ""
         print(f"claim {i} {setting}{verdict.summary()}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_reference,
                      stage_rows)
+from .report_folder import ReportFolder
 from .report_spec import Sweep
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, describe, paired_t
 from .suite import Setting, StageRun, Suite
@@ -736,7 +737,7 @@ def _kind(inner: str) -> str:
     return parts[0] if len(parts) > 1 else Path(inner).stem
 
 
-def copy_artifacts(sd: SettingData, store: Store, out: Path) -> list[tuple[str, str, int, dict[str, str]]]:
+def copy_artifacts(sd: SettingData, store: Store, out: ReportFolder) -> list[tuple[str, str, int, dict[str, str]]]:
     """Images logged by evaluators (information planes, regenerated inputs): of the lowest
     finished replicate of each (stage, row), the last image of each kind (an evaluator that ran
     every N epochs leaves one per run; the final one is what the tables describe), copied under
@@ -758,8 +759,7 @@ def copy_artifacts(sd: SettingData, store: Store, out: Path) -> list[tuple[str, 
             for kind, (inner, local) in sorted(last.items()):
                 rel = Path("artifacts", _slug(sd.setting.name), _slug(st), _slug(label),
                            f"seed{p.run.replicate}", *[_slug(x) for x in Path(inner).parts])
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, out / rel)
+                shutil.copyfile(local, out.path(rel))
                 rels[kind] = rel.as_posix()
             found.append((st, label, p.run.replicate, rels))
     return found
@@ -910,34 +910,35 @@ def provenance(data: ReportData) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # Entry points
 # ------------------------------------------------------------------------------------------------
-def write_report(data: ReportData, store: Store, out: Path, *, command: str) -> Path:
-    """Write README.md, figures/ and artifacts/ under ``out`` (the latter two are replaced)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("figures", "artifacts"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
+def write_report(data: ReportData, store: Store, out: Path, *, command: str,
+                 force: bool = False) -> Path:
+    """Write README.md, figures/ and artifacts/ under ``out``, after removing what the previous
+    report there wrote (see ``harness.report_folder``); nothing is written outside ``out``."""
+    folder = ReportFolder(out, force=force)
+    folder.clear()
     figures: dict[str, list] = {}
     artifacts: dict[str, list] = {}
     sweeps: dict[tuple[str, int], str] = {}
     for sd in data.settings:
         prefix = _slug(sd.setting.name)
         figs = []
-        if final_figure(sd, out / "figures" / f"{prefix}-final.png"):
+        if final_figure(sd, folder.path(f"figures/{prefix}-final.png")):
             figs.append(("final test accuracy per stage", f"figures/{prefix}-final.png"))
-        if curves_figure(sd, store, out / "figures" / f"{prefix}-curves.png"):
+        if curves_figure(sd, store, folder.path(f"figures/{prefix}-curves.png")):
             figs.append(("test accuracy per epoch", f"figures/{prefix}-curves.png"))
         figures[sd.setting.name] = figs
         for i, sweep in enumerate(sd.setting.report.sweeps):
             rel = f"figures/{prefix}-sweep{i + 1}.png"
-            if sweep_figure(sd, sweep, out / rel):
+            if sweep_figure(sd, sweep, folder.path(rel)):
                 sweeps[(sd.setting.name, i)] = rel
-        artifacts[sd.setting.name] = copy_artifacts(sd, store, out)
+        artifacts[sd.setting.name] = copy_artifacts(sd, store, folder)
     text = render(data, command=command, figures=figures, artifacts=artifacts, sweeps=sweeps,
                   timestamp=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    path = out / "README.md"
+    path = folder.path("README.md")
     path.write_text(text)
-    (out / "claims.json").write_text(json.dumps(_clean([v.as_dict() for v in data.verdicts]),
-                                                indent=2, sort_keys=True) + "\n")
+    folder.path("claims.json").write_text(json.dumps(_clean([v.as_dict() for v in data.verdicts]),
+                                                     indent=2, sort_keys=True) + "\n")
+    folder.finish()
     return path
 
 
@@ -973,11 +974,11 @@ def log_summary(tracker, plan, command: str) -> list[Verdict]:
 
 
 def report_suite(suite: Suite, plugins, *, home: Path, out: Path, data_root: Path,
-                 command: str) -> tuple[ReportData, Path]:
+                 command: str, force: bool = False) -> tuple[ReportData, Path]:
     """What ``harness report`` does: plan the suite (no training), read the store, write."""
     from .runner import make_plan
 
     plan = make_plan(suite, plugins, data_root)
     store = Store.open(home, suite.name)
     data = collect(suite, plan.runs, plan.identities, store)
-    return data, write_report(data, store, out, command=command)
+    return data, write_report(data, store, out, command=command, force=force)

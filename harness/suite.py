@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from .errors import UserError, suggest
 from .report_spec import ReportSpec, parse_report
 
 AXES = ("method", "dataset", "architecture")
+MAX_NAME = 80
+SAFE_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 
@@ -171,6 +174,13 @@ class _Checker:
                       "write `key: value` lines indented under it")
         return value
 
+    def plain(self, text, key: str) -> None:
+        """Names shown on the terminal and in reports: no control or bidirectional-override
+        characters, which could rewrite what a person reads."""
+        if not str(text).isprintable():
+            self.fail(key, f"{ascii(str(text))} holds control or invisible formatting characters",
+                      "use plain letters, digits and punctuation")
+
     def known_keys(self, value: dict, key: str, allowed) -> None:
         for k in value:
             if k not in allowed:
@@ -190,6 +200,7 @@ class _Checker:
                 label = value["name"] + "".join(f"-{k}{_short(v)}" for k, v in options.items())
             if not isinstance(label, str) or not label:
                 self.fail(f"{key}.label", "a label must be a non-empty string", "e.g. `label: RR6`")
+            self.plain(label, f"{key}.label")
             return PluginRef(value["name"], label, tuple(sorted(options.items())), key)
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
                        f"{type(value).__name__}", "e.g. `std` or `{name: racecar, layers: 6}`")
@@ -338,6 +349,11 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
     name = raw.get("suite")
     if not isinstance(name, str) or not name.strip():
         c.fail("suite", "every suite needs a name: `suite: <name>`", "e.g. `suite: transfer` on the first line")
+    if not SAFE_NAME.fullmatch(name):  # it names the experiment, reports/<name>/, artifacts/<name>/
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:MAX_NAME] or "my-suite"
+        c.fail("suite", f"the suite name {name!r} is not a plain file name (letters, digits, "
+                        f"'.', '_', '-', at most {MAX_NAME}, not starting with '.' or '-')",
+               f"e.g. `suite: {safe}`")
     profiles = c.mapping(raw.get("profiles"), "profiles")
     if profile is None and "default" in profiles:
         profile = "default"
@@ -357,6 +373,7 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
         settings_raw = {name: {}}
     settings = []
     for sname, sval in settings_raw.items():
+        c.plain(sname, "settings")
         sval = c.mapping(sval, f"settings.{sname}")
         c.known_keys(sval, f"settings.{sname}", SETTING_KEYS)
         merged = _deep_merge(base, sval)
@@ -436,6 +453,7 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
     stages: dict[str, StageDecl] = {}
     for stname, sval in stages_raw.items():
         key = f"{p}stages.{stname}"
+        c.plain(stname, f"{p}stages")
         sval = c.mapping(sval, key)
         c.known_keys(sval, key, STAGE_KEYS)
         run = dict(defaults)
