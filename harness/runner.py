@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import DataBundle, StageResult
+from .codeid import run_code, stale_runs
 from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, build_data, run_stage
 from .errors import UserError
 from .executors import Job
@@ -53,6 +54,8 @@ class Plan:
     identities: dict[tuple, str]
     fingerprints: dict[tuple, str]
     data: dict[str, DataBundle] = field(default_factory=dict)
+    code: dict[tuple, dict[str, str]] = field(default_factory=dict)
+    bases: dict[tuple, str] = field(default_factory=dict)
 
     def todo(self, finished: dict[str, FinishedRun]) -> list[StageRun]:
         return [r for r in self.runs if self.identities[r.key] not in finished]
@@ -82,6 +85,9 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
     data: dict[str, DataBundle] = {}
     fingerprints: dict[str, str] = {}
     identities: dict[tuple, str] = {}
+    code: dict[tuple, dict[str, str]] = {}  # harness.codeid digests, part of the identity
+    bases: dict[tuple, str] = {}  # the identity without code: how stale runs are recognised
+    digests: dict = {}
     for run in runs:
         spec = run.dataset.spec()
         dkey = _data_key(spec, bool(run.run.get("download")))
@@ -100,9 +106,14 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
             versions[f"evaluators.{ev.name}"] = plugins.get("evaluators", ev.name).version
         upstream = {"from": identities[run.from_key]} if run.from_key else {}
         upstream.update({f"refs.{r}": identities[k] for r, k in run.refs.items()})
-        identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey])
+        code[run.key] = run_code(plugins, run, digests)
+        identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey],
+                                       code[run.key])
+        base_up = {"from": bases[run.from_key]} if run.from_key else {}
+        base_up.update({f"refs.{r}": bases[k] for r, k in run.refs.items()})
+        bases[run.key] = identity(run.config(), base_up, versions, fingerprints[dkey])
     preflight(suite, plugins, runs, data)
-    return Plan(suite=suite, runs=runs, identities=identities,
+    return Plan(suite=suite, runs=runs, identities=identities, code=code, bases=bases,
                 fingerprints={r.key: fingerprints[_data_key(r.dataset.spec(), bool(r.run.get("download")))]
                               for r in runs},
                 data=data)
@@ -413,6 +424,8 @@ class Driver:
             f"{TAG}seed": str(run.seed), f"{TAG}replicate": str(run.replicate),
             f"{TAG}cell": json.dumps(run.cell, sort_keys=True),
             f"{TAG}identity": self.plan.identities[run.key],
+            f"{TAG}identity_base": self.plan.bases.get(run.key, ""),
+            f"{TAG}code": json.dumps(self.plan.code.get(run.key, {}), sort_keys=True),
             f"{TAG}data_fingerprint": self.plan.fingerprints[run.key],
             f"{TAG}profile": self.plan.suite.profile or "",
             f"{TAG}git_commit": self.commit,
@@ -501,13 +514,15 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
     if tracker is not None:
         running = {r.data.tags.get(f"{TAG}identity") for r in tracker.runs("RUNNING")}
     exact, loose = recorded_speeds(tracker)
+    stale = stale_runs(plan, tracker)
     todo = plan.todo(finished)
     todo_keys = {r.key for r in todo}
     by_key = {r.key: r for r in plan.runs}
     lines = []
     profile = f", profile {plan.suite.profile!r}" if plan.suite.profile else ""
     lines.append(f"suite {plan.suite.name!r}{profile}: {len(plan.runs)} stage runs, "
-                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run")
+                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run"
+                 + (f" ({len(stale)} of them stale: finished with other code)" if stale else ""))
     cost: dict[tuple, float] = {}
     unknown = approx = 0
     if todo:
@@ -526,7 +541,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
             cost[r.key] = estimate or 0.0
             unknown += estimate is None
             approx += bool(speeds and mark)
-            notes = []
+            notes = [f"stale: {stale[r.key]}"] if r.key in stale else []
             if saved:
                 notes.append(f"saved at epoch {saved['epoch']}: --resume does the last {left}")
             if ident in running:

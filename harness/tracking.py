@@ -49,8 +49,16 @@ def check_writable(home: Path) -> None:
     if not tracking_uri(home).startswith("sqlite:"):
         return
     hint = "give a writable folder with --home or $HARNESS_HOME"
+    existing = next(p for p in (home, *home.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UserError(f"the harness home {home} cannot be created: {existing} is not a folder",
+                        key="--home", hint=hint)
+    if existing != home:  # created when the store is; nothing is made before the run starts
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"the harness home {home} cannot be created in {existing}",
+                            key="--home", hint=hint)
+        return
     try:
-        home.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
             pass
     except OSError as exc:
@@ -103,14 +111,18 @@ def git_commit(path: Path) -> str:
 
 
 def identity(config: dict[str, Any], upstream: dict[str, str], versions: dict[str, str],
-             fingerprint: str) -> str:
+             fingerprint: str, code: dict[str, str] | None = None) -> str:
     """A stage run's identity: its resolved config (without settings that cannot change the
-    result), its upstream identities, the versions of the plugins it uses and its data."""
+    result), its upstream identities, the versions of the plugins it uses, its data and the
+    digests of the plugins' source (``harness.codeid``). Without ``code`` it is the identity
+    runs had before code digests existed, which ``harness plan`` uses to tell stale runs."""
     config = json.loads(json.dumps(config, sort_keys=True, default=str))
     config.get("run", {}).pop("download", None)
     config.get("run", {}).pop("eval_batch_size", None)
-    blob = json.dumps({"config": config, "upstream": upstream, "versions": versions,
-                       "data": fingerprint}, sort_keys=True, default=str)
+    parts = {"config": config, "upstream": upstream, "versions": versions, "data": fingerprint}
+    if code is not None:
+        parts["code"] = code
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
