@@ -8,6 +8,7 @@ gives 130.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import subprocess
@@ -21,7 +22,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+@functools.lru_cache(maxsize=1)
 def _parser() -> argparse.ArgumentParser:
+    """Built once per process (a parse does not change it): tests call ``main`` thousands of
+    times."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="harness home folder holding the MLflow store "
                                        "(default: $HARNESS_HOME or ./.harness)")
@@ -63,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", parents=[common], help="check a suite without running it")
     val.add_argument("suite")
     val.add_argument("--profile")
+    val.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
 
     rep = sub.add_parser("report", parents=[common],
                          help="tables, figures and claim verdicts from the runs in the store")
@@ -110,7 +115,7 @@ def _dispatch(args, argv) -> int:
 
     home = resolve_home(args.home)
     if args.command == "validate":
-        return _validate(args, load(args.plugin))
+        return _validate(args, home, load(args.plugin))
     if args.command == "plugins":
         return _plugins(args, load(args.plugin))
     if args.command == "list":
@@ -128,12 +133,16 @@ def _dispatch(args, argv) -> int:
     return _run(args, argv, home, load(args.plugin))
 
 
-def _validate(args, plugins) -> int:
-    from .suite import check_plugins, expand, load_suite
+def _validate(args, home: Path, plugins) -> int:
+    """The checks of ``run --dry-run``: names, options, the DAG, the data, and every network
+    and method built once, untrained (``runner.preflight``), so what ``run`` refuses, this
+    refuses too. Nothing is written."""
+    from .runner import make_plan
+    from .suite import load_suite
 
     suite = load_suite(args.suite, args.profile)
-    check_plugins(suite, plugins)
-    runs = expand(suite)
+    data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
+    runs = make_plan(suite, plugins, data_root).runs
     profile = f", profile {suite.profile!r}" if suite.profile else ""
     print(f"{args.suite}: suite {suite.name!r}{profile} is valid: {len(suite.settings)} setting(s), "
           f"{len(runs)} stage runs")

@@ -98,6 +98,10 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
                 key = (run.dataset.key if err.key in (None, "dataset")
                        else f"{run.dataset.key}.{err.key}")
                 raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
+            except Exception as exc:  # noqa: BLE001  options the factory could not use: bad input
+                raise UserError(f"dataset {run.dataset.name!r} could not be built with these "
+                                f"options: {type(exc).__name__}: {exc}", file=suite.path,
+                                key=run.dataset.key, hint="check the option values") from None
             fingerprints[dkey] = data[dkey].fingerprint()
         versions = {kind: plugins.get(kind, ref.name).version for kind, ref in
                     (("datasets", run.dataset), ("architectures", run.architecture),
