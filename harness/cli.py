@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true",
                      help="allow torchvision to download missing dataset files")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--force", action="store_true",
+                     help="run finished stage runs again (as new runs; the old ones are kept)")
+    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
+                     help="run only the stage runs that match, and those they start from; keys: "
+                          "setting, stage, method, dataset, architecture, seed (repeatable: "
+                          "a union)")
 
     pln = sub.add_parser("plan", parents=[common],
                          help="what `run` would execute, what finished, and how long it may take")
@@ -114,6 +121,9 @@ def _dispatch(args, argv) -> int:
     from .tracking import resolve_home
 
     home = resolve_home(args.home)
+    # a plugin file is named by its absolute path, so worker processes find it too
+    args.plugin = [str(Path(p).expanduser().resolve()) if p.endswith(".py") or "/" in p else p
+                   for p in args.plugin]
     if args.command == "validate":
         return _validate(args, home, load(args.plugin))
     if args.command == "plugins":
@@ -184,14 +194,72 @@ def _plugins(args, plugins) -> int:
     return 0
 
 
-def _ui(home: Path, port: int) -> int:
-    from .tracking import tracking_uri
+def _port_free(port: int) -> None:
+    """Refuse a port something already listens on: MLflow would print a traceback, or leave
+    workers behind."""
+    import socket
 
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be from 1 to 65535, got {port}", key="--port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(f"port {port} on 127.0.0.1 is busy ({exc.strerror or exc})",
+                            key="--port", hint="another `harness ui` or server listens there; "
+                                               "pick another with --port N") from None
+
+
+def _ui(home: Path, port: int) -> int:
+    """The MLflow UI in its own process group, which is ended as a whole on Ctrl-C or SIGTERM:
+    the server's workers do not outlive ``harness ui``."""
+    import signal
+
+    from .store_file import ensure_store, sqlite_path
+    from .tracking import check_writable, tracking_uri
+
+    _port_free(port)
+    db = sqlite_path(tracking_uri(home))
+    if db is not None:  # MLflow would migrate a new store in place, not atomically
+        check_writable(home)
+        ensure_store(db, (home / "artifacts").as_uri())
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(home),
            "--default-artifact-root", (home / "artifacts").as_uri(),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     print(f"MLflow UI on http://127.0.0.1:{port} for {tracking_uri(home)} (Ctrl-C stops it)")
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _end_group(proc)
+
+
+def _end_group(proc) -> None:
+    """SIGTERM to the UI's process group, SIGKILL to what is left of it after 10 s."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # the leader is reaped; are its workers gone too?
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)
 
 
 def _executor(args, plugins):
@@ -234,6 +302,7 @@ def _plan(args, home: Path, plugins) -> int:
 def _run(args, argv, home: Path, plugins) -> int:
     from .progress import Progress
     from .runner import Driver, make_plan
+    from .selection import parse_only, select
     from .suite import load_suite
     from .tracking import Tracker, check_writable
 
@@ -247,19 +316,23 @@ def _run(args, argv, home: Path, plugins) -> int:
     progress = Progress(quiet=args.quiet)
     if not args.dry_run:
         check_writable(home)  # before the data is built: minutes of MLflow retries otherwise
+    filters = parse_only(args.only)  # before the data is built
     plan = make_plan(suite, plugins, data_root)
+    selected = select(plan.runs, filters) if filters else None
     if args.dry_run:
-        for run in plan.runs:
+        runs = [r for r in plan.runs if selected is None or r.key in selected]
+        for run in runs:
             print(f"{run.name:<40} {plan.identities[run.key]}  epochs={run.run['epochs']}")
-        print(f"{len(plan.runs)} stage runs")
+        print(f"{len(runs)} stage runs")
         return 0
-    tracker = Tracker(home, suite.name)
+    tracker = Tracker(home, suite.name, description=suite.description)
     if tracker.note:
         progress.say(tracker.note)
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
                     progress=progress, command=command, plugin_modules=args.plugin,
-                    resume=args.resume, checkpoint_every=args.checkpoint_every)
+                    resume=args.resume, checkpoint_every=args.checkpoint_every,
+                    force=args.force, selected=selected)
     outcome = driver.run()
     if outcome.failed or outcome.skipped:
         progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "

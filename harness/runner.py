@@ -57,8 +57,12 @@ class Plan:
     code: dict[tuple, dict[str, str]] = field(default_factory=dict)
     bases: dict[tuple, str] = field(default_factory=dict)
 
-    def todo(self, finished: dict[str, FinishedRun]) -> list[StageRun]:
-        return [r for r in self.runs if self.identities[r.key] not in finished]
+    def todo(self, finished: dict[str, FinishedRun], *, force: bool = False,
+             selected: set[tuple] | None = None) -> list[StageRun]:
+        """What a run executes: the ``selected`` runs (``--only``; all by default) that have not
+        finished, or all of them with ``force`` (new runs; the finished ones stay recorded)."""
+        runs = [r for r in self.runs if selected is None or r.key in selected]
+        return runs if force else [r for r in runs if self.identities[r.key] not in finished]
 
 
 @dataclass
@@ -197,7 +201,8 @@ class Driver:
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
                  executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
-                 resume: bool = False, checkpoint_every: float = 30.0):
+                 resume: bool = False, checkpoint_every: float = 30.0, force: bool = False,
+                 selected: set[tuple] | None = None):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
@@ -216,19 +221,21 @@ class Driver:
         self.versions = library_versions()
         self.commit = git_commit(Path(plan.suite.path).resolve())
         self.resume, self.checkpoint_every = resume, checkpoint_every
+        self.force, self.selected = force, selected
 
     # -- the whole invocation -------------------------------------------------------------------
     def run(self) -> Outcome:
         self.reap()
         self.finished_runs = self.tracker.finished()
-        todo = self.plan.todo(self.finished_runs)
-        self.outcome.already = len(self.plan.runs) - len(todo)
+        todo = self.plan.todo(self.finished_runs, force=self.force, selected=self.selected)
+        total = len(self.plan.runs if self.selected is None else self.selected)
+        self.outcome.already = total - len(todo)
         if not todo:
-            self.progress.say(f"all {len(self.plan.runs)} stage runs of suite "
+            self.progress.say(f"all {total} stage runs of suite "
                               f"{self.plan.suite.name!r} already finished; nothing to run")
             return self.outcome
         if self.outcome.already:
-            self.progress.say(f"{self.outcome.already} of {len(self.plan.runs)} stage runs already "
+            self.progress.say(f"{self.outcome.already} of {total} stage runs already "
                               f"finished; running the other {len(todo)}")
         saved = [r.name for r in todo if resume_progress(self.home, self.plan.identities[r.key])]
         if saved:
@@ -239,9 +246,8 @@ class Driver:
         self.tracker.start_parent(Path(self.plan.suite.path), self.plan.suite.profile, self.command,
                                   resolved=self.resolved())
         self.progress.start(len(todo))
-        jobs = [Job(r.key, r.name, [k for k in r.upstream_keys()
-                                    if self.plan.identities[k] not in self.finished_runs])
-                for r in todo]
+        todo_keys = {r.key for r in todo}  # upstream runs not in it have finished
+        jobs = [Job(r.key, r.name, [k for k in r.upstream_keys() if k in todo_keys]) for r in todo]
         status = "FINISHED"
         started = time.perf_counter()
         self.executor.on_epoch = self.remote_epoch
@@ -553,7 +559,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
             after = [by_key[k].name for k in r.upstream_keys() if k in todo_keys]
             if after:
                 notes.append("after " + ", ".join(after))
-            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "?"
+            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "unknown"
             lines.append(f"  {r.name:<{width}}  epochs {epochs:>6}  {est:>9}"
                          + (f"  ({'; '.join(notes)})" if notes else ""))
     done_runs = [r for r in plan.runs if r.key not in todo_keys]
@@ -566,12 +572,14 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
         deps = {r.key: [k for k in r.upstream_keys() if k in todo_keys] for r in todo}
         order = [r.key for r in todo]
         serial = sum(cost.values())
-        text = f"estimated time: {_seconds(serial)} one after another"
+        at_least = "at least " if unknown else ""  # what has no recorded speed counts as 0
+        text = f"estimated time: {at_least}{_seconds(serial)} one after another"
         if jobs > 1:
-            text += f", about {_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
-        if unknown:
-            text += (f"; {unknown} of {len(todo)} stage runs have no recorded speed yet and count as 0"
-                     if unknown < len(todo) else "; no recorded speeds in the store yet")
+            text += f", {at_least or 'about '}{_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
+        if unknown == len(todo):
+            text = "estimated time: unknown (no recorded speeds in the store yet)"
+        elif unknown:
+            text += f"; unknown for {unknown} of {len(todo)} stage runs (no recorded speed yet)"
         lines.append(text)
         if approx:
             lines.append("~: from the speed of the same data, network and batch size with another "

@@ -29,6 +29,7 @@ DEFAULT_HOME = ".harness"
 TAG = "harness."
 FLUSH_SECONDS = 10.0
 MAX_BATCH = 1000
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -189,7 +190,8 @@ class Tracker:
         tracker = cls(home, suite_name, create=False)
         return tracker if tracker.experiment_id is not None else None
 
-    def __init__(self, home: Path, suite_name: str, *, create: bool = True):
+    def __init__(self, home: Path, suite_name: str, *, create: bool = True,
+                 description: str = ""):
         import logging
 
         from mlflow.tracking import MlflowClient  # a slow import: only when tracking is needed
@@ -209,6 +211,7 @@ class Tracker:
         self.suite_name = suite_name
         if create:
             self.experiment_id = self._experiment(suite_name)
+            self._describe(description)
         else:
             exp = self.client.get_experiment_by_name(suite_name)
             self.experiment_id = exp.experiment_id if exp is not None else None
@@ -224,6 +227,13 @@ class Tracker:
         if self.uri.startswith("sqlite:"):
             location = (self.home / "artifacts" / name).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
+
+    def _describe(self, description: str) -> None:
+        """The suite's ``description:`` as the experiment's description in the MLflow UI."""
+        text = " ".join(description.split())
+        exp = self.client.get_experiment(self.experiment_id)
+        if text and exp.tags.get(NOTE_TAG) != text:
+            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, text)
 
     # -- lookups ------------------------------------------------------------------------------
     def runs(self, status: str | None = None) -> list:
