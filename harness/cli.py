@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", parents=[common],
                          help="tables, figures and claim verdicts from the runs in the store")
     rep.add_argument("suite")
-    rep.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    rep.add_argument("--profile", help="a profile of the suite (default: the profile of the newest "
+                                       "finished runs in the store, else `default`)")
     rep.add_argument("--out", help="output folder (default: reports/<suite name>)")
     rep.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
     rep.add_argument("--force", action="store_true",
@@ -160,10 +161,17 @@ def _validate(args, home: Path, plugins) -> int:
 
 
 def _report(args, argv, home: Path, plugins) -> int:
-    from .report import report_suite
+    from .report import Store, report_suite
+    from .report_budget import choose_profile
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.profile)
+    if args.profile is None:  # the profile that has runs, not one that shows every cell missing
+        profile, note = choose_profile(suite, Store.open(home, suite.name))
+        if profile != suite.profile:
+            suite = load_suite(args.suite, profile)
+        if note:
+            print(note)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

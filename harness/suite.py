@@ -58,7 +58,7 @@ STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
                 "reference", "report")
 SUITE_KEYS = ("suite", *SETTING_KEYS, "settings", "profiles")
-PROFILE_KEYS = ("seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
+PROFILE_KEYS = ("description", "seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -453,6 +453,9 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
 
 def _check_profile(c: _Checker, prof: dict, key: str) -> None:
     c.known_keys(prof, key, PROFILE_KEYS)
+    if not isinstance(prof.get("description", ""), str):  # what the profile cuts, for reports
+        c.fail(f"{key}.description", "a profile's description is text",
+               "e.g. `description: epochs cut to 200 of the paper's 2000`")
     c.run_settings({k: v for k, v in prof.items() if k in RUN_DEFAULTS}, key)
     if "defaults" in prof:
         c.run_settings(c.mapping(prof["defaults"], f"{key}.defaults"), f"{key}.defaults")
