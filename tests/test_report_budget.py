@@ -99,3 +99,23 @@ def test_peak_memory_is_the_increase_a_stage_run_needed():
     del block
     assert 48 <= out["rss_increase_mb"] <= out["peak_rss_mb"]
     assert out["peak_rss_mb"] - out["rss_increase_mb"] > 50  # the interpreter and torch
+
+
+def test_information_plane_colour_bar_ticks_are_whole_epochs(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from plugins.evaluators.mi_plane import plot_plane
+
+    ticks = []
+    real = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kw):
+        fig.canvas.draw()
+        bar = fig.axes[-1]  # the colour bar's axes
+        ticks.extend(t for t in bar.get_yticks() if bar.get_ylim()[0] <= t <= bar.get_ylim()[1])
+        return real(fig, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    history = [{"epoch": e, "ixl": [1.0 + e, 0.5], "ily": [0.2, 0.1 * e]} for e in (1, 2, 3)]
+    plot_plane(history, ["h1", "h2"], tmp_path / "plane.png")
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
