@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import functools
 import io
 import json
@@ -110,6 +111,8 @@ def test_arbitrary_values_under_suite_keys(validate, tree):
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
         for p, c in zip("abcdefgh", "bcdefghi")) + "suite: x\n",
     "suite: !!python/object/apply:os.system [echo hi]\n",
+    "suite: x\ngrid: &g {method: *g, dataset: [ib12]}\n",  # a document that contains itself
+    "suite: x\nstages: &s {A: {from: *s}}\n",
     "suite: x\ngrid: !!binary aGVsbG8=\n",
     "\ufeffsuite: bom\n",
     b"suite: x\n\xff\xfe: 1\n",
@@ -140,7 +143,9 @@ WRONG = (st.none() | st.booleans() | st.sampled_from([0, -1, 10 ** 29, -(10 ** 2
                                                        "", "x", "1e-3", "../..", "\u202e"])
          | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=5),
                                                                st.integers(), max_size=2)
-         | st.integers(1, 80).map(lambda n: functools.reduce(lambda a, _: [a], range(n), 1)))
+         | st.integers(1, 80).map(lambda n: functools.reduce(lambda a, _: [a], range(n), 1))
+         # what YAML tags give: !!binary, !!set, !!timestamp, !!float .nan
+         | st.sampled_from([b"\x00\xff", {1, 2}, datetime.date(2020, 1, 1), float("-inf")]))
 
 
 @st.composite
@@ -152,9 +157,12 @@ def mutated(draw):
         where, _ = draw(st.sampled_from(spots))
         parent = functools.reduce(lambda t, k: t[k], where[:-1], tree)
         key = where[-1]
-        op = draw(st.sampled_from(["drop", "rename", "replace", "wrap"]))
+        op = draw(st.sampled_from(["drop", "rename", "replace", "wrap", "alias"]))
         if op == "drop":
             del parent[key]
+        elif op == "alias":  # the same object twice: the dump writes an anchor and an alias
+            others = [v for p, v in spots if where[:len(p)] != p]  # no cycles: not an ancestor
+            parent[key] = draw(st.sampled_from(others)) if others else None
         elif op == "rename" and isinstance(parent, dict):
             parent[draw(st.text(max_size=8) | st.sampled_from(["naem", "epoch", "from", "refs"]))] = parent.pop(key)
         elif op == "wrap":
