@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from .tracking import TAG
+
 NO_SOURCE = "no-source"
 
 
@@ -148,24 +150,24 @@ def stale_reason(current: dict[str, str], recorded_tag: str | None, run, upstrea
 def stale_runs(plan, tracker) -> dict[tuple, str]:
     """Stage runs of the plan that have no finished run of their identity but one of the same
     configuration, data and versions produced by other code: key -> why, for ``harness plan``."""
-    from .tracking import TAG
-
     if tracker is None:
         return {}
-    finished = {r.data.tags.get(f"{TAG}identity") for r in tracker.runs("FINISHED")}
+    records = sorted(tracker.runs("FINISHED"), key=lambda r: r.info.start_time or 0)
+    finished = {r.data.tags.get(f"{TAG}identity") for r in records}
     by_base = {}
-    for run in sorted(tracker.runs("FINISHED"), key=lambda r: r.info.start_time or 0):
+    for run in records:
         tags = run.data.tags
         base = tags.get(f"{TAG}identity_base") or (None if f"{TAG}code" in tags
                                                     else tags.get(f"{TAG}identity"))
         if base:
             by_base[base] = run
     out: dict[tuple, str] = {}
+    by_key = {r.key: r for r in plan.runs}
     for run in plan.runs:  # upstream first
         if plan.identities[run.key] in finished or plan.bases.get(run.key) not in by_base:
             continue
         old = by_base[plan.bases[run.key]]
-        upstream = [r.name for r in plan.runs if r.key in run.upstream_keys() and r.key in out]
+        upstream = [by_key[k].name for k in run.upstream_keys() if k in out]
         why = stale_reason(plan.code.get(run.key, {}), old.data.tags.get(f"{TAG}code"), run,
                            upstream)
         out[run.key] = f"{why} (MLflow run {old.info.run_id})"

@@ -117,7 +117,7 @@ def _create(path: Path, artifact_root: str) -> None:
     try:
         store = SqlAlchemyStore(uri, artifact_root)
         store.engine.dispose()
-        SqlAlchemyStore._engine_map.pop(uri, None)
+        getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # its engine cache (MLflow 3)
         try:
             os.link(tmp, path)
         except FileExistsError:
