@@ -35,33 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0],
                                 parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", parents=[common], help="run a suite (skips finished stage runs)")
-    run.add_argument("suite")
-    run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
-    run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
-    run.add_argument("--executor", default=None,
-                     help="where stage runs execute: inline, processes, ray (default: inline, or "
-                          "processes when -j is over 1)")
-    run.add_argument("-j", "--jobs", type=int, default=None,
-                     help="parallel stage runs (default: 1 inline, else the number of cores)")
-    run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
-                                       "started for this run)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue interrupted stage runs from their last saved epoch")
-    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-                     help="seconds of training between saves of the state --resume continues "
-                          "from (default 30; 0: every epoch)")
-    run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
-    run.add_argument("--download", action="store_true",
-                     help="allow torchvision to download missing dataset files")
-    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run.add_argument("--force", action="store_true",
-                     help="run finished stage runs again (as new runs; the old ones are kept)")
-    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
-                     help="run only the stage runs that match, and those they start from; keys: "
-                          "setting, stage, method, dataset, architecture, seed (repeatable: "
-                          "a union)")
+    _run_parser(sub, common)
 
     pln = sub.add_parser("plan", parents=[common],
                          help="what `run` would execute, what finished, and how long it may take")
@@ -96,6 +70,36 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", parents=[common], help="open the MLflow UI on this store (loopback)")
     ui.add_argument("--port", type=int, default=5000)
     return p
+
+
+def _run_parser(sub, common) -> None:
+    """`harness run`: the command with the most options, apart so that `_parser` reads."""
+    run = sub.add_parser("run", parents=[common], help="run a suite (skips finished stage runs)")
+    run.add_argument("suite")
+    run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
+    run.add_argument("--executor", default=None,
+                     help="where stage runs execute: inline, processes, ray (default: inline, or "
+                          "processes when -j is over 1)")
+    run.add_argument("-j", "--jobs", type=int, default=None,
+                     help="parallel stage runs (default: 1 inline, else the number of cores)")
+    run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
+                                       "started for this run)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue interrupted stage runs from their last saved epoch")
+    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                     help="seconds of training between saves of the state --resume continues "
+                          "from (default 30; 0: every epoch)")
+    run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+    run.add_argument("--download", action="store_true",
+                     help="allow torchvision to download missing dataset files")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--force", action="store_true",
+                     help="run finished stage runs again (as new runs; the old ones are kept)")
+    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
+                     help="run only the stage runs that match, and those they start from; keys: "
+                          "setting, stage, method, dataset, architecture, seed (repeatable: "
+                          "a union)")
 
 
 def printable(text: str) -> str:

@@ -603,12 +603,8 @@ def metric_range(metric: str) -> tuple[float, float]:
     return -math.inf, math.inf
 
 
-def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE_METRIC,
-                  paper_epochs: dict[str, int] | None = None) -> bool:
-    """Mean over seeds of ``metric`` per epoch, one panel per stage, band = ±1 sample std
-    clipped to the metric's range; the paper's value (★) at the paper's epoch count, drawn only
-    where that count is known (``paper_epochs``): at the last measured epoch of a shortened
-    profile it would compare budgets that differ."""
+def _curve_panels(sd: SettingData, store: Store, metric: str) -> list:
+    """(stage, [(label, steps, mean, std) per row]) for every stage with a history."""
     import numpy as np
 
     panels = []
@@ -629,6 +625,18 @@ def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE
                                         for s in steps])))
         if lines:
             panels.append((st, lines))
+    return panels
+
+
+def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE_METRIC,
+                  paper_epochs: dict[str, int] | None = None) -> bool:
+    """Mean over seeds of ``metric`` per epoch, one panel per stage, band = ±1 sample std
+    clipped to the metric's range; the paper's value (★) at the paper's epoch count, drawn only
+    where that count is known (``paper_epochs``): at the last measured epoch of a shortened
+    profile it would compare budgets that differ."""
+    import numpy as np
+
+    panels = _curve_panels(sd, store, metric)
     if not panels:
         return False
     plt = _pyplot()
@@ -855,19 +863,7 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
         if sd.setting.description.strip() and len(data.settings) > 1:
             out += [" ".join(sd.setting.description.split()), ""]
         out += ["### Final test accuracy: mean ± std (n)", ""] + main_table(sd)
-        header, rows = budget_rows(sd, paper)
-        if rows:
-            out += ["### Training budget", "",
-                    f"What each stage trained with in profile `{suite.profile or '(none)'}`"
-                    + (", and the paper's budget (the suite's `paper` profile)" if paper else "")
-                    + ":", ""] + _table(header, rows)
-        ref = reference_table(sd)
-        if ref:
-            out += ["### Paper's values beside the measured ones", ""]
-            if paper and suite.profile != PAPER_PROFILE:
-                out += [f"Measured with the budget of profile `{suite.profile}` above, not the "
-                        "paper's: a difference may be the budget's.", ""]
-            out += ref
+        out += budget_section(sd, suite, paper)
         out += metric_tables(sd)
         for i, sweep in enumerate(sd.setting.report.sweeps):
             out += [f"### Sweep: {', '.join(_metric_title(y) for y in sweep.y)} against "
@@ -909,6 +905,26 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
                     "not used here.", ""]
     out += provenance(data)
     return "\n".join(out).rstrip() + "\n"
+
+
+def budget_section(sd: SettingData, suite: Suite, paper: list | None) -> list[str]:
+    """The training budget of every stage (and the paper's), then the paper's values beside the
+    measured ones, with a warning where the budgets differ."""
+    out = []
+    header, rows = budget_rows(sd, paper)
+    if rows:
+        out += ["### Training budget", "",
+                f"What each stage trained with in profile `{suite.profile or '(none)'}`"
+                + (", and the paper's budget (the suite's `paper` profile)" if paper else "")
+                + ":", ""] + _table(header, rows)
+    ref = reference_table(sd)
+    if ref:
+        out += ["### Paper's values beside the measured ones", ""]
+        if paper and suite.profile != PAPER_PROFILE:
+            out += [f"Measured with the budget of profile `{suite.profile}` above, not the "
+                    "paper's: a difference may be the budget's.", ""]
+        out += ref
+    return out
 
 
 def provenance(data: ReportData) -> list[str]:

@@ -514,6 +514,21 @@ def _makespan(order: list[tuple], deps: dict[tuple, list[tuple]], cost: dict[tup
     return max(done.values(), default=0.0)
 
 
+def _estimate_line(order: list[tuple], deps: dict, cost: dict[tuple, float], jobs: int,
+                   unknown: int) -> str:
+    """The time of what is to run; a stage run with no recorded speed counts as 0, so the sum
+    is "at least", and "unknown" when no stage run has one ("0 s" would be a wrong answer)."""
+    if unknown == len(order):
+        return "estimated time: unknown (no recorded speeds in the store yet)"
+    at_least = "at least " if unknown else ""
+    text = f"estimated time: {at_least}{_seconds(sum(cost.values()))} one after another"
+    if jobs > 1:
+        text += f", {at_least or 'about '}{_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
+    if unknown:
+        text += f"; unknown for {unknown} of {len(order)} stage runs (no recorded speed yet)"
+    return text
+
+
 def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str:
     """What ``harness plan`` prints: the stage runs a ``run`` would execute, those finished, and
     an estimate of the time from the speeds recorded in the store."""
@@ -571,16 +586,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
     if todo:
         deps = {r.key: [k for k in r.upstream_keys() if k in todo_keys] for r in todo}
         order = [r.key for r in todo]
-        serial = sum(cost.values())
-        at_least = "at least " if unknown else ""  # what has no recorded speed counts as 0
-        text = f"estimated time: {at_least}{_seconds(serial)} one after another"
-        if jobs > 1:
-            text += f", {at_least or 'about '}{_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
-        if unknown == len(todo):
-            text = "estimated time: unknown (no recorded speeds in the store yet)"
-        elif unknown:
-            text += f"; unknown for {unknown} of {len(todo)} stage runs (no recorded speed yet)"
-        lines.append(text)
+        lines.append(_estimate_line(order, deps, cost, jobs, unknown))
         if approx:
             lines.append("~: from the speed of the same data, network and batch size with another "
                          "method")

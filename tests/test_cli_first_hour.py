@@ -3,7 +3,6 @@ HARNESS_PLUGINS, --force, --only, and what `plan` says of times it cannot estima
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
