@@ -109,8 +109,12 @@ def _clean_leftovers(path: Path) -> None:
 def _create(path: Path, artifact_root: str) -> None:
     """Migrate a new store in a temporary file and link it into place, all or nothing: a
     second process that won the race keeps its store, and this one's is discarded."""
+    import logging
+
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    for name in ("mlflow", "alembic"):  # schema-migration chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     tmp = path.with_name(f".{path.name}{CREATING}{os.getpid()}")
     tmp.unlink(missing_ok=True)
     uri = f"sqlite:///{tmp}"
