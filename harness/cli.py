@@ -8,11 +8,13 @@ gives 130.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -22,7 +24,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+@functools.lru_cache(maxsize=1)
 def _parser() -> argparse.ArgumentParser:
+    """Built once per process (a parse does not change it): tests call ``main`` thousands of
+    times."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="harness home folder holding the MLflow store "
                                        "(default: $HARNESS_HOME or ./.harness)")
@@ -31,37 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0],
                                 parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", parents=[common], help="run a suite (skips finished stage runs)")
-    run.add_argument("suite")
-    run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
-    run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
-    run.add_argument("--executor", default=None,
-                     help="where stage runs execute: inline, processes, ray (default: inline, or "
-                          "processes when -j is over 1)")
-    run.add_argument("-j", "--jobs", type=int, default=None,
-                     help="parallel stage runs (default: 1 inline, else the number of cores)")
-    run.add_argument("--log-model", default=os.environ.get("HARNESS_LOG_MODEL", "pickle"),
-                     choices=("pickle", "pt2", "off"),
-                     help="how each trained network is logged as an MLflow model (default "
-                          "$HARNESS_LOG_MODEL, else pickle: loads back as the same module; pt2: "
-                          "torch.export's graph; off: none)")
-    run.add_argument("--gpus", default=None,
-                     help="GPUs the workers share, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else "
-                          "every GPU torch sees); `none`: CPU only")
-    run.add_argument("--runs-per-gpu", type=int, default=1,
-                     help="stage runs sharing one GPU at a time (default 1)")
-    run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
-                                       "started for this run)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue interrupted stage runs from their last saved epoch")
-    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-                     help="seconds of training between saves of the state --resume continues "
-                          "from (default 30; 0: every epoch)")
-    run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
-    run.add_argument("--download", action="store_true",
-                     help="allow torchvision to download missing dataset files")
-    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _run_parser(sub, common)
 
     pln = sub.add_parser("plan", parents=[common],
                          help="what `run` would execute, what finished, and how long it may take")
@@ -76,13 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", parents=[common], help="check a suite without running it")
     val.add_argument("suite")
     val.add_argument("--profile")
+    val.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
 
     rep = sub.add_parser("report", parents=[common],
                          help="tables, figures and claim verdicts from the runs in the store")
     rep.add_argument("suite")
-    rep.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    rep.add_argument("--profile", help="a profile of the suite (default: the profile of the newest "
+                                       "finished runs in the store, else `default`)")
     rep.add_argument("--out", help="output folder (default: reports/<suite name>)")
     rep.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace a report that is committed to git")
 
     plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
     plug.add_argument("--json", action="store_true")
@@ -103,12 +82,58 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_parser(sub, common) -> None:
+    """`harness run`: the command with the most options, apart so that `_parser` reads."""
+    run = sub.add_parser("run", parents=[common], help="run a suite (skips finished stage runs)")
+    run.add_argument("suite")
+    run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
+    run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
+    run.add_argument("--executor", default=None,
+                     help="where stage runs execute: inline, processes, ray (default: inline, or "
+                          "processes when -j is over 1)")
+    run.add_argument("-j", "--jobs", type=int, default=None,
+                     help="parallel stage runs (default: 1 inline, else the number of cores)")
+    run.add_argument("--log-model", default=None,
+                     choices=("pickle", "pt2", "off"),
+                     help="how each trained network is logged as an MLflow model (default "
+                          "$HARNESS_LOG_MODEL, else pickle: loads back as the same module; pt2: "
+                          "torch.export's graph; off: none)")
+    run.add_argument("--gpus", default=None,
+                     help="GPUs the workers share, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else "
+                          "every GPU torch sees); `none`: CPU only")
+    run.add_argument("--runs-per-gpu", type=int, default=1,
+                     help="stage runs sharing one GPU at a time (default 1)")
+    run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
+                                       "started for this run)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue interrupted stage runs from their last saved epoch")
+    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                     help="seconds of training between saves of the state --resume continues "
+                          "from (default 30; 0: every epoch)")
+    run.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
+    run.add_argument("--download", action="store_true",
+                     help="allow torchvision to download missing dataset files")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--force", action="store_true",
+                     help="run finished stage runs again (as new runs; the old ones are kept)")
+    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
+                     help="run only the stage runs that match, and those they start from; keys: "
+                          "setting, stage, method, dataset, architecture, seed (repeatable: "
+                          "a union)")
+
+
+def printable(text: str) -> str:
+    """Control and bidirectional-override characters escaped, so that a name in a suite can
+    neither move the cursor nor reorder what the terminal shows."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
     except UserError as err:
-        one_line = " ".join(err.format().split())  # a plugin's message may span lines
+        one_line = printable(" ".join(err.format().split()))  # a plugin's may span lines
         print(f"harness: error: {one_line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -121,8 +146,11 @@ def _dispatch(args, argv) -> int:
     from .tracking import resolve_home
 
     home = resolve_home(args.home)
+    # a plugin file is named by its absolute path, so worker processes find it too
+    args.plugin = [str(Path(p).expanduser().resolve()) if p.endswith(".py") or "/" in p else p
+                   for p in args.plugin]
     if args.command == "validate":
-        return _validate(args, load(args.plugin))
+        return _validate(args, home, load(args.plugin))
     if args.command == "plugins":
         if args.check is not None:
             return _check_plugins(args, load(args.plugin))
@@ -144,12 +172,16 @@ def _dispatch(args, argv) -> int:
     return _run(args, argv, home, load(args.plugin))
 
 
-def _validate(args, plugins) -> int:
-    from .suite import check_plugins, expand, load_suite
+def _validate(args, home: Path, plugins) -> int:
+    """The checks of ``run --dry-run``: names, options, the DAG, the data, and every network
+    and method built once, untrained (``runner.preflight``), so what ``run`` refuses, this
+    refuses too. Nothing is written."""
+    from .runner import make_plan
+    from .suite import load_suite
 
     suite = load_suite(args.suite, args.profile)
-    check_plugins(suite, plugins)
-    runs = expand(suite)
+    data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
+    runs = make_plan(suite, plugins, data_root).runs
     profile = f", profile {suite.profile!r}" if suite.profile else ""
     print(f"{args.suite}: suite {suite.name!r}{profile} is valid: {len(suite.settings)} setting(s), "
           f"{len(runs)} stage runs")
@@ -157,14 +189,22 @@ def _validate(args, plugins) -> int:
 
 
 def _report(args, argv, home: Path, plugins) -> int:
-    from .report import report_suite
+    from .report import Store, report_suite
+    from .report_budget import choose_profile
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.profile)
+    if args.profile is None:  # the profile that has runs, not one that shows every cell missing
+        profile, note = choose_profile(suite, Store.open(home, suite.name))
+        if profile != suite.profile:
+            suite = load_suite(args.suite, profile)
+        if note:
+            print(note)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    data, path = report_suite(suite, plugins, home=home, out=out, data_root=data_root, command=command)
+    data, path = report_suite(suite, plugins, home=home, out=out, data_root=data_root,
+                              command=command, force=args.force)
     for i, verdict in enumerate(data.verdicts, 1):
         setting = f"[{verdict.setting}] " if len(data.settings) > 1 else ""
         print(f"claim {i} {setting}{verdict.summary()}")
@@ -214,14 +254,72 @@ def _new(args) -> int:
     return 0
 
 
-def _ui(home: Path, port: int) -> int:
-    from .tracking import tracking_uri
+def _port_free(port: int) -> None:
+    """Refuse a port something already listens on: MLflow would print a traceback, or leave
+    workers behind."""
+    import socket
 
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be from 1 to 65535, got {port}", key="--port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(f"port {port} on 127.0.0.1 is busy ({exc.strerror or exc})",
+                            key="--port", hint="another `harness ui` or server listens there; "
+                                               "pick another with --port N") from None
+
+
+def _ui(home: Path, port: int) -> int:
+    """The MLflow UI in its own process group, which is ended as a whole on Ctrl-C or SIGTERM:
+    the server's workers do not outlive ``harness ui``."""
+    import signal
+
+    from .store_file import ensure_store, sqlite_path
+    from .tracking import check_writable, tracking_uri
+
+    _port_free(port)
+    db = sqlite_path(tracking_uri(home))
+    if db is not None:  # MLflow would migrate a new store in place, not atomically
+        check_writable(home)
+        ensure_store(db, (home / "artifacts").as_uri())
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(home),
            "--default-artifact-root", (home / "artifacts").as_uri(),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     print(f"MLflow UI on http://127.0.0.1:{port} for {tracking_uri(home)} (Ctrl-C stops it)")
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _end_group(proc)
+
+
+def _end_group(proc) -> None:
+    """SIGTERM to the UI's process group, SIGKILL to what is left of it after 10 s."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # the leader is reaped; are its workers gone too?
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)
 
 
 def _executor(args, plugins):
@@ -279,8 +377,9 @@ def _plan(args, home: Path, plugins) -> int:
 def _run(args, argv, home: Path, plugins) -> int:
     from .progress import Progress
     from .runner import Driver, make_plan
+    from .selection import parse_only, select
     from .suite import load_suite
-    from .tracking import Tracker
+    from .tracking import Tracker, check_writable
 
     suite = load_suite(args.suite, args.profile)
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
@@ -290,18 +389,26 @@ def _run(args, argv, home: Path, plugins) -> int:
                 stage.run["download"] = True
     executor = _executor(args, plugins)
     progress = Progress(quiet=args.quiet)
+    if not args.dry_run:
+        check_writable(home)  # before the data is built: minutes of MLflow retries otherwise
+    filters = parse_only(args.only)  # before the data is built
     plan = make_plan(suite, plugins, data_root)
+    selected = select(plan.runs, filters) if filters else None
     if args.dry_run:
-        for run in plan.runs:
+        runs = [r for r in plan.runs if selected is None or r.key in selected]
+        for run in runs:
             print(f"{run.name:<40} {plan.identities[run.key]}  epochs={run.run['epochs']}")
-        print(f"{len(plan.runs)} stage runs")
+        print(f"{len(runs)} stage runs")
         return 0
-    tracker = Tracker(home, suite.name)
+    tracker = Tracker(home, suite.name, description=suite.description)
+    if tracker.note:
+        progress.say(tracker.note)
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
                     progress=progress, command=command, plugin_modules=args.plugin,
                     resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    log_model=args.log_model)
+                    force=args.force, selected=selected,
+                    log_model=args.log_model or os.environ.get("HARNESS_LOG_MODEL") or "pickle")
     outcome = driver.run()
     if outcome.failed or outcome.skipped:
         progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "

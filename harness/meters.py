@@ -57,13 +57,13 @@ class PeakMemory:
     def __init__(self, device: torch.device, interval: float = 0.02):
         self.device = device
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = self.baseline_rss = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._kernel = False  # the kernel keeps the peak (Linux), no sampling thread needed
 
     def start(self) -> "PeakMemory":
-        self.peak_rss = current_rss_bytes()
+        self.baseline_rss = self.peak_rss = current_rss_bytes()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self._kernel = reset_peak_rss()
@@ -83,7 +83,11 @@ class PeakMemory:
         if self._kernel:
             self.peak_rss = max(self.peak_rss, (_status_kb("VmHWM") or 0) * 1024)
         self.peak_rss = max(self.peak_rss, current_rss_bytes())
-        out = {"peak_rss_mb": self.peak_rss / 2**20}
+        # the increase over what the process held at the start (the interpreter, torch, the
+        # data, earlier stage runs of an inline executor): what this stage run itself needed,
+        # so that a ratio of two methods' numbers means something
+        out = {"peak_rss_mb": self.peak_rss / 2**20,
+               "rss_increase_mb": max(0, self.peak_rss - self.baseline_rss) / 2**20}
         if self.device.type == "cuda":
             out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return out

@@ -9,11 +9,13 @@ built-ins), so a broken third-party package cannot stop a run; ``--plugin module
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -96,11 +98,15 @@ class Plugins:
         if autoload is None:
             autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
         self._load_entry_points(third_party=autoload)
-        env_extra = [m for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
-        for module in [*env_extra, *self.extra_modules]:
-            self.load_module(module.strip())
+        env_extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
+        for module in env_extra:
+            self.load_module(module, source=EXTRA_PLUGINS_ENV)
+        for module in self.extra_modules:
+            self.load_module(module)
         self.registries = {kind: Registry(kind) for kind in KINDS}
         self._fill_registries()
+        for name in [*env_extra, *self.extra_modules]:
+            self._warn_if_empty(name)
 
     # -- loading ---------------------------------------------------------------------------
     def _load_entry_points(self, *, third_party: bool) -> None:
@@ -120,17 +126,35 @@ class Plugins:
             version = ep.dist.version if ep.dist is not None else "0"
             self._register(module, ep.name, version)
 
-    def load_module(self, dotted: str) -> None:
-        if self.pm.get_plugin(dotted) is not None:
+    def load_module(self, spec: str, *, source: str = "--plugin") -> None:
+        """Load one more plugin module: a dotted module path (the current folder is searched
+        last, as ``python -m`` would) or a ``.py`` file. ``source`` names where it was asked
+        for (``--plugin`` or ``HARNESS_PLUGINS``), for the error message."""
+        if self.pm.get_plugin(spec) is not None:
             return
         try:
-            module = importlib.import_module(dotted)
+            module = _import_file(spec) if _is_file_spec(spec) else _import_dotted(spec)
+        except UserError as err:
+            raise err.located(key=source) from None
         except Exception as exc:
-            raise UserError(f"plugin module {dotted!r} failed to import: {type(exc).__name__}: {exc}",
-                            key="--plugin",
-                            hint="give an importable dotted module path on sys.path") from None
+            raise UserError(f"plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}",
+                            key=source,
+                            hint=("give an importable dotted module path or a .py file" +
+                                  (f" in {EXTRA_PLUGINS_ENV}=a.b,c.d" if source == EXTRA_PLUGINS_ENV
+                                   else ""))) from None
         version = str(getattr(module, "__version__", "0"))
-        self._register(module, dotted, version)
+        self._register(module, spec, version)
+
+    def _warn_if_empty(self, name: str) -> None:
+        """A module loaded by name that implements no hook, or registers no name through the
+        registration hooks it implements, is most likely not the module meant."""
+        module = self.pm.get_plugin(name)
+        hooks = {h.name for h in self.pm.get_hookcallers(module) or []}
+        registered = any(e.plugin == name for r in self.registries.values() for e in r.entries.values())
+        if not registered and not hooks - {f"harness_register_{k}" for k in KINDS}:
+            print(f"harness: warning: plugin module {name!r} registers nothing (no dataset, "
+                  "architecture, method, evaluator or executor, and no lifecycle hook)",
+                  file=sys.stderr)
 
     def _register(self, module, name: str, version: str) -> None:
         try:
@@ -200,6 +224,48 @@ def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
         if key not in accepted:
             raise UserError(f"{entry.kind[:-1]} {entry.name!r} has no option {key!r}",
                             key=key, hint=suggest(key, accepted) or f"{entry.name} takes no options")
+
+
+def _is_file_spec(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or os.sep in spec
+
+
+def _import_file(spec: str):
+    """Import a plugin from a ``.py`` file, as a module named after the file."""
+    path = Path(spec).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"plugin file {spec!r} does not exist", hint="give the path of a .py file")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+            return loaded
+        raise UserError(f"plugin file {spec!r}: a module named {name!r} is already imported "
+                        f"({getattr(loaded, '__file__', 'built in')})", hint="rename the file")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"plugin file {spec!r} cannot be imported", hint="give a .py file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_dotted(dotted: str):
+    """``import dotted``; the current folder is searched after everything else, so that a
+    module beside the suite works with the ``harness`` command as with ``python -m``."""
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        here = str(Path.cwd())
+        if exc.name != dotted.split(".")[0] or here in sys.path:
+            raise
+    sys.path.append(here)
+    return importlib.import_module(dotted)
 
 
 _cache: dict[tuple, Plugins] = {}

@@ -29,15 +29,19 @@ from pathlib import Path
 
 from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_reference,
                      stage_rows)
+from .report_budget import PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines
+from .report_folder import ReportFolder
 from .report_spec import Sweep
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, describe, paired_t
 from .suite import Setting, StageRun, Suite
+from .store_file import readable, sqlite_path
 from .tracking import TAG, search_all, tracking_uri
 
 MAIN_METRIC = "final_test_acc"
 CURVE_METRIC = "test_acc"
 COST_METRICS = (("final_seconds_per_epoch", "s/epoch"), ("final_train_samples_per_s", "samples/s"),
-                ("final_peak_rss_mb", "peak RSS MB"), ("final_peak_cuda_mb", "peak CUDA MB"))
+                ("final_rss_increase_mb", "RSS increase MB"), ("final_peak_rss_mb", "peak RSS MB"),
+                ("final_peak_cuda_mb", "peak CUDA MB"))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
 TIMESTAMP_PREFIX = "_Generated at "
 DASH = "–"
@@ -78,7 +82,8 @@ class Store:
     @classmethod
     def open(cls, home: Path, suite_name: str) -> "Store":
         uri = tracking_uri(home)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        db = sqlite_path(uri)
+        if db is not None and not readable(db):
             return cls(None, None, uri)  # no store: do not create one just to read it
         import logging
 
@@ -587,8 +592,19 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE_METRIC) -> bool:
-    """Mean over seeds of ``metric`` per epoch, one panel per stage, band = ±1 sample std."""
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take, to clip a mean ± std band to: accuracies in [0, 1],
+    correlations in [-1, 1], anything else unbounded."""
+    name = metric.removeprefix("final_")
+    if name.endswith("acc") or name.endswith("_accuracy"):
+        return 0.0, 1.0
+    if name.endswith("corr"):
+        return -1.0, 1.0
+    return -math.inf, math.inf
+
+
+def _curve_panels(sd: SettingData, store: Store, metric: str) -> list:
+    """(stage, [(label, steps, mean, std) per row]) for every stage with a history."""
     import numpy as np
 
     panels = []
@@ -609,6 +625,18 @@ def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE
                                         for s in steps])))
         if lines:
             panels.append((st, lines))
+    return panels
+
+
+def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE_METRIC,
+                  paper_epochs: dict[str, int] | None = None) -> bool:
+    """Mean over seeds of ``metric`` per epoch, one panel per stage, band = ±1 sample std
+    clipped to the metric's range; the paper's value (★) at the paper's epoch count, drawn only
+    where that count is known (``paper_epochs``): at the last measured epoch of a shortened
+    profile it would compare budgets that differ."""
+    import numpy as np
+
+    panels = _curve_panels(sd, store, metric)
     if not panels:
         return False
     plt = _pyplot()
@@ -619,15 +647,19 @@ def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False,
                              sharey=True)
     colors = {label: f"C{i}" for i, label in enumerate(sd.row_order())}
-    refs = {(r.stage, r.label): r.mean for r in sd.references if r.metric == "final_" + metric}
+    paper_epochs = paper_epochs or {}
+    refs = {(r.stage, r.label): r.mean for r in sd.references
+            if r.metric == "final_" + metric and r.stage in paper_epochs}
     for ax, (st, lines) in zip(axes.flat, panels):
         for label, steps, mu, sdev in lines:
             ax.plot(steps, mu, color=colors[label], label=label, lw=1.5,
                     marker="o" if len(steps) <= 30 else None, ms=3)
-            ax.fill_between(steps, mu - sdev, mu + sdev, color=colors[label], alpha=0.2, lw=0)
-            if (st, label) in refs:
-                ax.plot([steps[-1]], [refs[(st, label)]], marker="*", ms=11, color=colors[label],
-                        mec="black", mew=0.6, ls="none")
+            lo, hi = metric_range(metric)
+            ax.fill_between(steps, np.clip(mu - sdev, lo, hi), np.clip(mu + sdev, lo, hi),
+                            color=colors[label], alpha=0.2, lw=0)
+            if (st, label) in refs and st in paper_epochs:
+                ax.plot([paper_epochs[st]], [refs[(st, label)]], marker="*", ms=11,
+                        color=colors[label], mec="black", mew=0.6, ls="none")
         ax.set_title(f"stage {st}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -637,7 +669,7 @@ def curves_figure(sd: SettingData, store: Store, path: Path, metric: str = CURVE
     for ax in axes[:, 0]:
         ax.set_ylabel(metric.replace("_", " "))
     fig.suptitle(f"{sd.setting.name}: {metric.replace('_', ' ')}, mean over seeds, band ±1 std"
-                 + (" (★ paper)" if refs else ""), fontsize=10)
+                 + (" (★ paper, at the paper's epoch count)" if refs else ""), fontsize=10)
     shown = [label for label in sd.row_order() if any(label == ln[0] for _, ls in panels for ln in ls)]
     handles = [plt.Line2D([], [], color=colors[label], lw=1.5) for label in shown]
     fig.legend(handles, shown, loc="lower center", ncol=len(shown), fontsize=9, frameon=False)
@@ -706,8 +738,11 @@ def sweep_figure(sd: SettingData, sweep: Sweep, path: Path) -> bool:
             xs = [x for x, _ in pts]
             ticks.update(xs)
             stats = [describe(ys) for _, ys in pts]
+            lo, hi = metric_range(y)  # bars clipped to the values the metric can take
+            spread = [st.std if _fin(st.std) else 0.0 for st in stats]
             ax.errorbar(xs, [st.mean for st in stats],
-                        yerr=[st.std if _fin(st.std) else 0.0 for st in stats],
+                        yerr=[[min(d, st.mean - lo) for d, st in zip(spread, stats)],
+                              [min(d, hi - st.mean) for d, st in zip(spread, stats)]],
                         fmt="-o", color=f"C{i}", ms=4, capsize=3, label=line)
             for x, ys in pts:
                 ax.scatter([x] * len(ys), ys, s=10, color=f"C{i}", alpha=0.4, lw=0)
@@ -734,7 +769,7 @@ def _kind(inner: str) -> str:
     return parts[0] if len(parts) > 1 else Path(inner).stem
 
 
-def copy_artifacts(sd: SettingData, store: Store, out: Path) -> list[tuple[str, str, int, dict[str, str]]]:
+def copy_artifacts(sd: SettingData, store: Store, out: ReportFolder) -> list[tuple[str, str, int, dict[str, str]]]:
     """Images logged by evaluators (information planes, regenerated inputs): of the lowest
     finished replicate of each (stage, row), the last image of each kind (an evaluator that ran
     every N epochs leaves one per run; the final one is what the tables describe), copied under
@@ -756,8 +791,7 @@ def copy_artifacts(sd: SettingData, store: Store, out: Path) -> list[tuple[str, 
             for kind, (inner, local) in sorted(last.items()):
                 rel = Path("artifacts", _slug(sd.setting.name), _slug(st), _slug(label),
                            f"seed{p.run.replicate}", *[_slug(x) for x in Path(inner).parts])
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, out / rel)
+                shutil.copyfile(local, out.path(rel))
                 rels[kind] = rel.as_posix()
             found.append((st, label, p.run.replicate, rels))
     return found
@@ -793,9 +827,11 @@ EXPLAIN = [
     "fewer than two seeds a side.",
     "- **transfer gain**: phase II accuracy minus the from-scratch baseline on the same task, "
     "paired by replicate.",
-    "- **cost**: means over seeds of training seconds per epoch, training samples per second and "
-    "the peak resident memory of the process during the stage (sampled); × std is the ratio to "
-    "the std row of the same stage.",
+    "- **cost**: means over seeds of training seconds per epoch, training samples per second, "
+    "the increase of the process's resident memory during the stage over what it held when the "
+    "stage started (what the stage itself needed), the process's peak resident memory (which "
+    "includes the interpreter, torch and the data), and on CUDA the peak allocation; × std is "
+    "the ratio to the std row of the same stage.",
 ]
 
 
@@ -811,7 +847,8 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
     state = ", ".join(f"{counts[k]} {k}" for k in (FINISHED, RUNNING, FAILED, SKIPPED, KILLED, MISSING)
                       if counts.get(k))
     out += [f"Profile `{suite.profile or '(none)'}`; {total} planned stage runs: {state or 'none'}.",
-            "", f"Produced by `{command}`.", ""]
+            ""] + profile_lines(suite) + [f"Produced by `{command}`.", ""]
+    paper = paper_runs(suite)
     if timestamp:
         out += [f"{TIMESTAMP_PREFIX}{timestamp}._", ""]
     if counts.get(FINISHED, 0) < total:
@@ -826,9 +863,7 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
         if sd.setting.description.strip() and len(data.settings) > 1:
             out += [" ".join(sd.setting.description.split()), ""]
         out += ["### Final test accuracy: mean ± std (n)", ""] + main_table(sd)
-        ref = reference_table(sd)
-        if ref:
-            out += ["### Paper's values beside the measured ones", ""] + ref
+        out += budget_section(sd, suite, paper)
         out += metric_tables(sd)
         for i, sweep in enumerate(sd.setting.report.sweeps):
             out += [f"### Sweep: {', '.join(_metric_title(y) for y in sweep.y)} against "
@@ -872,6 +907,26 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
     return "\n".join(out).rstrip() + "\n"
 
 
+def budget_section(sd: SettingData, suite: Suite, paper: list | None) -> list[str]:
+    """The training budget of every stage (and the paper's), then the paper's values beside the
+    measured ones, with a warning where the budgets differ."""
+    out = []
+    header, rows = budget_rows(sd, paper)
+    if rows:
+        out += ["### Training budget", "",
+                f"What each stage trained with in profile `{suite.profile or '(none)'}`"
+                + (", and the paper's budget (the suite's `paper` profile)" if paper else "")
+                + ":", ""] + _table(header, rows)
+    ref = reference_table(sd)
+    if ref:
+        out += ["### Paper's values beside the measured ones", ""]
+        if paper and suite.profile != PAPER_PROFILE:
+            out += [f"Measured with the budget of profile `{suite.profile}` above, not the "
+                    "paper's: a difference may be the budget's.", ""]
+        out += ref
+    return out
+
+
 def provenance(data: ReportData) -> list[str]:
     suite = data.suite
     used = [r for sd in data.settings for r in sd.finished()]
@@ -908,34 +963,36 @@ def provenance(data: ReportData) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # Entry points
 # ------------------------------------------------------------------------------------------------
-def write_report(data: ReportData, store: Store, out: Path, *, command: str) -> Path:
-    """Write README.md, figures/ and artifacts/ under ``out`` (the latter two are replaced)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("figures", "artifacts"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
+def write_report(data: ReportData, store: Store, out: Path, *, command: str,
+                 force: bool = False) -> Path:
+    """Write README.md, figures/ and artifacts/ under ``out``, after removing what the previous
+    report there wrote (see ``harness.report_folder``); nothing is written outside ``out``."""
+    folder = ReportFolder(out, force=force)
+    folder.clear()
     figures: dict[str, list] = {}
     artifacts: dict[str, list] = {}
     sweeps: dict[tuple[str, int], str] = {}
     for sd in data.settings:
         prefix = _slug(sd.setting.name)
         figs = []
-        if final_figure(sd, out / "figures" / f"{prefix}-final.png"):
+        if final_figure(sd, folder.path(f"figures/{prefix}-final.png")):
             figs.append(("final test accuracy per stage", f"figures/{prefix}-final.png"))
-        if curves_figure(sd, store, out / "figures" / f"{prefix}-curves.png"):
+        if curves_figure(sd, store, folder.path(f"figures/{prefix}-curves.png"),
+                         paper_epochs=paper_epochs(data.suite, sd.setting.name)):
             figs.append(("test accuracy per epoch", f"figures/{prefix}-curves.png"))
         figures[sd.setting.name] = figs
         for i, sweep in enumerate(sd.setting.report.sweeps):
             rel = f"figures/{prefix}-sweep{i + 1}.png"
-            if sweep_figure(sd, sweep, out / rel):
+            if sweep_figure(sd, sweep, folder.path(rel)):
                 sweeps[(sd.setting.name, i)] = rel
-        artifacts[sd.setting.name] = copy_artifacts(sd, store, out)
+        artifacts[sd.setting.name] = copy_artifacts(sd, store, folder)
     text = render(data, command=command, figures=figures, artifacts=artifacts, sweeps=sweeps,
                   timestamp=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    path = out / "README.md"
+    path = folder.path("README.md")
     path.write_text(text)
-    (out / "claims.json").write_text(json.dumps(_clean([v.as_dict() for v in data.verdicts]),
-                                                indent=2, sort_keys=True) + "\n")
+    folder.path("claims.json").write_text(json.dumps(_clean([v.as_dict() for v in data.verdicts]),
+                                                     indent=2, sort_keys=True) + "\n")
+    folder.finish()
     return path
 
 
@@ -971,11 +1028,11 @@ def log_summary(tracker, plan, command: str) -> list[Verdict]:
 
 
 def report_suite(suite: Suite, plugins, *, home: Path, out: Path, data_root: Path,
-                 command: str) -> tuple[ReportData, Path]:
+                 command: str, force: bool = False) -> tuple[ReportData, Path]:
     """What ``harness report`` does: plan the suite (no training), read the store, write."""
     from .runner import make_plan
 
     plan = make_plan(suite, plugins, data_root)
     store = Store.open(home, suite.name)
     data = collect(suite, plan.runs, plan.identities, store)
-    return data, write_report(data, store, out, command=command)
+    return data, write_report(data, store, out, command=command, force=force)

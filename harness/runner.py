@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .api import StageResult
+from .codeid import run_code, stale_runs
 from .datasets import check_roles
 from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, resolve_device, run_stage
 from .errors import UserError
@@ -59,9 +60,15 @@ class Plan:
     identities: dict[tuple, str]
     fingerprints: dict[tuple, str]
     data: dict[str, StageData] = field(default_factory=dict)
+    code: dict[tuple, dict[str, str]] = field(default_factory=dict)
+    bases: dict[tuple, str] = field(default_factory=dict)
 
-    def todo(self, finished: dict[str, FinishedRun]) -> list[StageRun]:
-        return [r for r in self.runs if self.identities[r.key] not in finished]
+    def todo(self, finished: dict[str, FinishedRun], *, force: bool = False,
+             selected: set[tuple] | None = None) -> list[StageRun]:
+        """What a run executes: the ``selected`` runs (``--only``; all by default) that have not
+        finished, or all of them with ``force`` (new runs; the finished ones stay recorded)."""
+        runs = [r for r in self.runs if selected is None or r.key in selected]
+        return runs if force else [r for r in runs if self.identities[r.key] not in finished]
 
 
 @dataclass
@@ -98,6 +105,10 @@ def _stage_data(suite: Suite, plugins, run: StageRun, data_root: Path) -> StageD
         key = (run.dataset.key if err.key in (None, "dataset")
                else f"{run.dataset.key}.{err.key}")
         raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
+    except Exception as exc:  # noqa: BLE001  options the factory could not use: bad input
+        raise UserError(f"dataset {run.dataset.name!r} could not be built with these "
+                        f"options: {type(exc).__name__}: {exc}", file=suite.path,
+                        key=run.dataset.key, hint="check the option values") from None
 
 
 def _check_eval_roles(suite: Suite, run: StageRun, data: StageData) -> None:
@@ -138,6 +149,9 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
     data: dict[str, StageData] = {}
     fingerprints: dict[str, str] = {}
     identities: dict[tuple, str] = {}
+    code: dict[tuple, dict[str, str]] = {}  # harness.codeid digests, part of the identity
+    bases: dict[tuple, str] = {}  # the identity without code: how stale runs are recognised
+    digests: dict = {}
     for run in runs:
         dkey = _data_key(run.dataset.spec(), bool(run.run.get("download")))
         if dkey not in data:
@@ -146,10 +160,15 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
         _check_eval_roles(suite, run, data[dkey])
         upstream = {"from": identities[run.from_key]} if run.from_key else {}
         upstream.update({f"refs.{r}": identities[k] for r, k in run.refs.items()})
-        identities[run.key] = identity(run.config(), upstream, _versions(plugins, run),
-                                       fingerprints[dkey])
+        versions = _versions(plugins, run)
+        code[run.key] = run_code(plugins, run, digests)
+        identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey],
+                                       code[run.key])
+        base_up = {"from": bases[run.from_key]} if run.from_key else {}
+        base_up.update({f"refs.{r}": bases[k] for r, k in run.refs.items()})
+        bases[run.key] = identity(run.config(), base_up, versions, fingerprints[dkey])
     preflight(suite, plugins, runs, data)
-    return Plan(suite=suite, runs=runs, identities=identities,
+    return Plan(suite=suite, runs=runs, identities=identities, code=code, bases=bases,
                 fingerprints={r.key: fingerprints[_data_key(r.dataset.spec(), bool(r.run.get("download")))]
                               for r in runs},
                 data=data)
@@ -231,7 +250,8 @@ class Driver:
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
                  executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
-                 resume: bool = False, checkpoint_every: float = 30.0, log_model: str = "pickle"):
+                 resume: bool = False, checkpoint_every: float = 30.0, force: bool = False,
+                 selected: set[tuple] | None = None, log_model: str = "pickle"):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
@@ -250,6 +270,7 @@ class Driver:
         self.versions = library_versions()
         self.commit = git_commit(Path(plan.suite.path).resolve())
         self.resume, self.checkpoint_every = resume, checkpoint_every
+        self.force, self.selected = force, selected
         self.log_model = log_model
         #: seconds spent on MLflow's dataset and model records (the report's tracking cost)
         self.record_seconds = 0.0
@@ -258,14 +279,15 @@ class Driver:
     def run(self) -> Outcome:
         self.reap()
         self.finished_runs = self.tracker.finished()
-        todo = self.plan.todo(self.finished_runs)
-        self.outcome.already = len(self.plan.runs) - len(todo)
+        todo = self.plan.todo(self.finished_runs, force=self.force, selected=self.selected)
+        total = len(self.plan.runs if self.selected is None else self.selected)
+        self.outcome.already = total - len(todo)
         if not todo:
-            self.progress.say(f"all {len(self.plan.runs)} stage runs of suite "
+            self.progress.say(f"all {total} stage runs of suite "
                               f"{self.plan.suite.name!r} already finished; nothing to run")
             return self.outcome
         if self.outcome.already:
-            self.progress.say(f"{self.outcome.already} of {len(self.plan.runs)} stage runs already "
+            self.progress.say(f"{self.outcome.already} of {total} stage runs already "
                               f"finished; running the other {len(todo)}")
         saved = [r.name for r in todo if resume_progress(self.home, self.plan.identities[r.key])]
         if saved:
@@ -276,9 +298,8 @@ class Driver:
         self.tracker.start_parent(Path(self.plan.suite.path), self.plan.suite.profile, self.command,
                                   resolved=self.resolved())
         self.progress.start(len(todo))
-        jobs = [Job(r.key, r.name, [k for k in r.upstream_keys()
-                                    if self.plan.identities[k] not in self.finished_runs])
-                for r in todo]
+        todo_keys = {r.key for r in todo}  # upstream runs not in it have finished
+        jobs = [Job(r.key, r.name, [k for k in r.upstream_keys() if k in todo_keys]) for r in todo]
         status = "FINISHED"
         started = time.perf_counter()
         self.executor.on_epoch = self.remote_epoch
@@ -490,6 +511,8 @@ class Driver:
             f"{TAG}seed": str(run.seed), f"{TAG}replicate": str(run.replicate),
             f"{TAG}cell": json.dumps(run.cell, sort_keys=True),
             f"{TAG}identity": self.plan.identities[run.key],
+            f"{TAG}identity_base": self.plan.bases.get(run.key, ""),
+            f"{TAG}code": json.dumps(self.plan.code.get(run.key, {}), sort_keys=True),
             f"{TAG}data_fingerprint": self.plan.fingerprints[run.key],
             f"{TAG}profile": self.plan.suite.profile or "",
             f"{TAG}git_commit": self.commit,
@@ -568,6 +591,21 @@ def _makespan(order: list[tuple], deps: dict[tuple, list[tuple]], cost: dict[tup
     return max(done.values(), default=0.0)
 
 
+def _estimate_line(order: list[tuple], deps: dict, cost: dict[tuple, float], jobs: int,
+                   unknown: int) -> str:
+    """The time of what is to run; a stage run with no recorded speed counts as 0, so the sum
+    is "at least", and "unknown" when no stage run has one ("0 s" would be a wrong answer)."""
+    if unknown == len(order):
+        return "estimated time: unknown (no recorded speeds in the store yet)"
+    at_least = "at least " if unknown else ""
+    text = f"estimated time: {at_least}{_seconds(sum(cost.values()))} one after another"
+    if jobs > 1:
+        text += f", {at_least or 'about '}{_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
+    if unknown:
+        text += f"; unknown for {unknown} of {len(order)} stage runs (no recorded speed yet)"
+    return text
+
+
 def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str:
     """What ``harness plan`` prints: the stage runs a ``run`` would execute, those finished, and
     an estimate of the time from the speeds recorded in the store."""
@@ -578,13 +616,15 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
     if tracker is not None:
         running = {r.data.tags.get(f"{TAG}identity") for r in tracker.runs("RUNNING")}
     exact, loose = recorded_speeds(tracker)
+    stale = stale_runs(plan, tracker)
     todo = plan.todo(finished)
     todo_keys = {r.key for r in todo}
     by_key = {r.key: r for r in plan.runs}
     lines = []
     profile = f", profile {plan.suite.profile!r}" if plan.suite.profile else ""
     lines.append(f"suite {plan.suite.name!r}{profile}: {len(plan.runs)} stage runs, "
-                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run")
+                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run"
+                 + (f" ({len(stale)} of them stale: finished with other code)" if stale else ""))
     cost: dict[tuple, float] = {}
     unknown = approx = 0
     if todo:
@@ -603,7 +643,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
             cost[r.key] = estimate or 0.0
             unknown += estimate is None
             approx += bool(speeds and mark)
-            notes = []
+            notes = [f"stale: {stale[r.key]}"] if r.key in stale else []
             if saved:
                 notes.append(f"saved at epoch {saved['epoch']}: --resume does the last {left}")
             if ident in running:
@@ -611,7 +651,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
             after = [by_key[k].name for k in r.upstream_keys() if k in todo_keys]
             if after:
                 notes.append("after " + ", ".join(after))
-            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "?"
+            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "unknown"
             lines.append(f"  {r.name:<{width}}  epochs {epochs:>6}  {est:>9}"
                          + (f"  ({'; '.join(notes)})" if notes else ""))
     done_runs = [r for r in plan.runs if r.key not in todo_keys]
@@ -623,14 +663,7 @@ def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str
     if todo:
         deps = {r.key: [k for k in r.upstream_keys() if k in todo_keys] for r in todo}
         order = [r.key for r in todo]
-        serial = sum(cost.values())
-        text = f"estimated time: {_seconds(serial)} one after another"
-        if jobs > 1:
-            text += f", about {_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
-        if unknown:
-            text += (f"; {unknown} of {len(todo)} stage runs have no recorded speed yet and count as 0"
-                     if unknown < len(todo) else "; no recorded speeds in the store yet")
-        lines.append(text)
+        lines.append(_estimate_line(order, deps, cost, jobs, unknown))
         if approx:
             lines.append("~: from the speed of the same data, network and batch size with another "
                          "method")

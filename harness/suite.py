@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,15 @@ from .errors import UserError, suggest
 from .report_spec import ReportSpec, parse_report
 
 AXES = ("method", "dataset", "architecture")
+MAX_NAME = 80
+MAX_SUITE_BYTES = 1 << 20
+#: beyond what the machine can hold or finish: refused before anything runs
+MAX_EPOCHS = 10_000_000
+MAX_BATCH = 2 ** 31 - 1
+MAX_SEEDS = 10_000
+MAX_DEPTH = 40
+MAX_NODES = 100_000
+SAFE_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 
@@ -50,7 +60,7 @@ STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
                 "reference", "report")
 SUITE_KEYS = ("suite", *SETTING_KEYS, "settings", "profiles")
-PROFILE_KEYS = ("seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
+PROFILE_KEYS = ("description", "seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,6 +225,13 @@ class _Checker:
                       "write `key: value` lines indented under it")
         return value
 
+    def plain(self, text, key: str) -> None:
+        """Names shown on the terminal and in reports: no control or bidirectional-override
+        characters, which could rewrite what a person reads."""
+        if not str(text).isprintable():
+            self.fail(key, f"{ascii(str(text))} holds control or invisible formatting characters",
+                      "use plain letters, digits and punctuation")
+
     def known_keys(self, value: dict, key: str, allowed) -> None:
         for k in value:
             if k not in allowed:
@@ -234,6 +251,7 @@ class _Checker:
                 label = value["name"] + "".join(f"-{k}{_short(v)}" for k, v in options.items())
             if not isinstance(label, str) or not label:
                 self.fail(f"{key}.label", "a label must be a non-empty string", "e.g. `label: RR6`")
+            self.plain(label, f"{key}.label")
             return PluginRef(value["name"], label, tuple(sorted(options.items())), key)
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
                        f"{type(value).__name__}", "e.g. `std` or `{name: racecar, layers: 6}`")
@@ -283,13 +301,16 @@ class _Checker:
 
     def run_value(self, k: str, v, where: str):
         if k == "epochs":
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                self.fail(where, f"epochs must be a positive integer, got {v!r}", "e.g. `epochs: 10`")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EPOCHS:
+                self.fail(where, f"epochs must be a positive integer (at most {MAX_EPOCHS}), got {_short_repr(v)}",
+                          "e.g. `epochs: 10`")
         elif k in ("batch_size", "eval_batch_size"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                self.fail(where, f"{k} must be a positive integer, got {v!r}", f"e.g. `{k}: 64`")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_BATCH:
+                self.fail(where, f"{k} must be a positive integer (at most {MAX_BATCH}), got {_short_repr(v)}",
+                          f"e.g. `{k}: 64`")
         elif k in ("lr", "momentum", "weight_decay"):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "lr" and v == 0):
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                    or v < 0 or (k == "lr" and v == 0)):
                 self.fail(where, f"{k} must be a {'positive' if k == 'lr' else 'non-negative'} "
                                  f"number, got {v!r}",
                           "YAML reads 1e-3 as a string: write 1.0e-3" if isinstance(v, str) else None)
@@ -300,7 +321,7 @@ class _Checker:
         elif k == "schedule":
             v = self.schedule(v, where)
         elif k == "threads":
-            if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096):
                 self.fail(where, f"threads must be `auto` or a positive integer, got {v!r}",
                           "`auto` picks one thread for small networks, all given cores for large ones")
         elif k == "device":
@@ -333,30 +354,44 @@ class _Checker:
         allowed = {"constant": (), "step": ("step_size", "gamma"),
                    "multistep": ("milestones", "gamma"), "cosine": ("min_lr",)}[name]
         self.known_keys({k: x for k, x in v.items() if k != "name"}, where, allowed)
-        if name == "step" and not (isinstance(v.get("step_size"), int) and v["step_size"] > 0):
+        if name == "step" and not (isinstance(v.get("step_size"), int)
+                                   and 0 < v["step_size"] <= MAX_EPOCHS):
             self.fail(f"{where}.step_size", "a step schedule needs a positive integer step_size",
                       "e.g. `{name: step, step_size: 30, gamma: 0.1}`")
         if name == "multistep":
             ms = v.get("milestones")
-            if not (isinstance(ms, list) and ms and all(isinstance(m, int) and m > 0 for m in ms)):
+            if not (isinstance(ms, list) and ms and all(isinstance(m, int) and 0 < m <= MAX_EPOCHS
+                                                        for m in ms)):
                 self.fail(f"{where}.milestones", "a multistep schedule needs a list of positive "
                                                  "epoch numbers", "e.g. `milestones: [80, 120]`")
+        for k in ("gamma", "min_lr"):
+            x = v.get(k, 0.0)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < math.inf:
+                self.fail(f"{where}.{k}", f"{k} must be a non-negative number, got {_short_repr(x)}",
+                          f"e.g. `{k}: 0.1`")
         return dict(v)
 
     def seeds(self, value, key: str) -> list[int]:
         if isinstance(value, bool):
             self.fail(key, "seeds is a count or a list of integers", "e.g. `seeds: 5` or `seeds: [0, 1, 2]`")
         if isinstance(value, int):
-            if value < 1:
-                self.fail(key, f"seeds must be at least 1, got {value}", "e.g. `seeds: 5`")
+            if not 1 <= value <= MAX_SEEDS:
+                self.fail(key, f"seeds must be at least 1 (and at most {MAX_SEEDS}), got {_short_repr(value)}",
+                          "e.g. `seeds: 5`")
             return list(range(value))
-        if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool)
-                                                     for s in value):
+        if isinstance(value, list) and 0 < len(value) <= MAX_SEEDS and all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 63 for s in value):
             if len(set(value)) != len(value):
                 self.fail(key, "seeds are listed twice", "each replicate number once, e.g. `seeds: [0, 1, 2]`")
             return list(value)
         self.fail(key, f"seeds is a count or a non-empty list of integers, got {value!r}",
                   "e.g. `seeds: 5` or `seeds: [0, 1, 2]`")
+
+
+def _short_repr(v, limit: int = 40) -> str:
+    """``repr`` cut to ``limit`` characters: a 10**29 or a long string stays one short line."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _short(v) -> str:
@@ -397,18 +432,58 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError("no such suite file", file=str(path),
                         hint="give the path of a YAML suite, e.g. suites/quickstart.yaml")
+    data = _parse_yaml(_suite_text(path), path)
+    if not isinstance(data, dict):
+        raise UserError("a suite is a YAML mapping with at least `suite:` and `grid:` or `stages:`",
+                        file=str(path), hint="start the file with `suite: NAME` at the left margin")
+    _check_size(data, path)
+    return data
+
+
+def _suite_text(path: Path) -> str:
+    """The file as text: UTF-8 (YAML's own encoding), of a size a suite can have."""
+    if path.stat().st_size > MAX_SUITE_BYTES:
+        raise UserError(f"is {path.stat().st_size} bytes; a suite is at most {MAX_SUITE_BYTES}",
+                        file=str(path), hint="is this the suite file?")
+    raw = path.read_bytes()
     try:
-        data = yaml.load(path.read_text(), Loader=SuiteLoader)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
+                        file=str(path), key=f"line {line}",
+                        hint="save the suite as UTF-8 text") from None
+
+
+def _check_size(data, path: Path) -> None:
+    """Refuse documents nested deeper, or (through aliases) larger, than any suite: walking
+    them later would exhaust the stack or the memory."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH or nodes > MAX_NODES:
+            what = f"nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else \
+                f"more than {MAX_NODES} values (counting what aliases repeat)"
+            raise UserError(f"the YAML document is {what}", file=str(path),
+                            hint="a suite needs a few levels of mappings and lists")
+        children = value.values() if isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _parse_yaml(text: str, path: Path):
+    try:
+        return yaml.load(text, Loader=SuiteLoader)
+    except RecursionError:
+        raise UserError(f"the YAML document is nested more than {MAX_DEPTH} levels deep",
+                        file=str(path), hint="a suite needs a few levels of mappings and lists") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"is not valid YAML: {problem}", file=str(path), key=where,
                         hint="check indentation and quoting there") from None
-    if not isinstance(data, dict):
-        raise UserError("a suite is a YAML mapping with at least `suite:` and `grid:` or `stages:`",
-                        file=str(path), hint="start the file with `suite: NAME` at the left margin")
-    return data
 
 
 def load_suite(path: str | Path, profile: str | None = None) -> Suite:
@@ -423,6 +498,11 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
     name = raw.get("suite")
     if not isinstance(name, str) or not name.strip():
         c.fail("suite", "every suite needs a name: `suite: <name>`", "e.g. `suite: transfer` on the first line")
+    if not SAFE_NAME.fullmatch(name):  # it names the experiment, reports/<name>/, artifacts/<name>/
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:MAX_NAME] or "my-suite"
+        c.fail("suite", f"the suite name {name!r} is not a plain file name (letters, digits, "
+                        f"'.', '_', '-', at most {MAX_NAME}, not starting with '.' or '-')",
+               f"e.g. `suite: {safe}`")
     profiles = c.mapping(raw.get("profiles"), "profiles")
     if profile is None and "default" in profiles:
         profile = "default"
@@ -442,6 +522,7 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
         settings_raw = {name: {}}
     settings = []
     for sname, sval in settings_raw.items():
+        c.plain(sname, "settings")
         sval = c.mapping(sval, f"settings.{sname}")
         c.known_keys(sval, f"settings.{sname}", SETTING_KEYS)
         merged = _deep_merge(base, sval)
@@ -456,6 +537,9 @@ def parse_suite(raw: dict, file: str, profile: str | None = None) -> Suite:
 
 def _check_profile(c: _Checker, prof: dict, key: str) -> None:
     c.known_keys(prof, key, PROFILE_KEYS)
+    if not isinstance(prof.get("description", ""), str):  # what the profile cuts, for reports
+        c.fail(f"{key}.description", "a profile's description is text",
+               "e.g. `description: epochs cut to 200 of the paper's 2000`")
     c.run_settings({k: v for k, v in prof.items() if k in RUN_DEFAULTS}, key)
     if "defaults" in prof:
         c.run_settings(c.mapping(prof["defaults"], f"{key}.defaults"), f"{key}.defaults")
@@ -521,6 +605,7 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
     stages: dict[str, StageDecl] = {}
     for stname, sval in stages_raw.items():
         key = f"{p}stages.{stname}"
+        c.plain(stname, f"{p}stages")
         sval = c.mapping(sval, key)
         c.known_keys(sval, key, STAGE_KEYS)
         run = dict(defaults)

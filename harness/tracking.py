@@ -14,17 +14,22 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import store_file
+from .errors import UserError
+
 HOME_ENV = "HARNESS_HOME"
 DEFAULT_HOME = ".harness"
 TAG = "harness."
 FLUSH_SECONDS = 10.0
 MAX_BATCH = 1000
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -37,6 +42,32 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 def tracking_uri(home: Path) -> str:
     """``$MLFLOW_TRACKING_URI`` when set (a server, another database), else SQLite in the home."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def check_writable(home: Path) -> None:
+    """Refuse, before anything starts, a home this process cannot write: MLflow would retry for
+    minutes and then fail with a traceback. Only the default SQLite store lives in the home."""
+    if not tracking_uri(home).startswith("sqlite:"):
+        return
+    hint = "give a writable folder with --home or $HARNESS_HOME"
+    existing = next(p for p in (home, *home.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UserError(f"the harness home {home} cannot be created: {existing} is not a folder",
+                        key="--home", hint=hint)
+    if existing != home:  # created when the store is; nothing is made before the run starts
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"the harness home {home} cannot be created in {existing}",
+                            key="--home", hint=hint)
+        return
+    try:
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"the harness home {home} is not writable: {exc.strerror or exc}",
+                        key="--home", hint=hint) from None
+    db = home / "mlflow.db"
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise UserError(f"the tracking store {db} is not writable", key="--home", hint=hint)
 
 
 def _installed_version(dist: str) -> str | None:
@@ -81,14 +112,18 @@ def git_commit(path: Path) -> str:
 
 
 def identity(config: dict[str, Any], upstream: dict[str, str], versions: dict[str, str],
-             fingerprint: str) -> str:
+             fingerprint: str, code: dict[str, str] | None = None) -> str:
     """A stage run's identity: its resolved config (without settings that cannot change the
-    result), its upstream identities, the versions of the plugins it uses and its data."""
+    result), its upstream identities, the versions of the plugins it uses, its data and the
+    digests of the plugins' source (``harness.codeid``). Without ``code`` it is the identity
+    runs had before code digests existed, which ``harness plan`` uses to tell stale runs."""
     config = json.loads(json.dumps(config, sort_keys=True, default=str))
     config.get("run", {}).pop("download", None)
     config.get("run", {}).pop("eval_batch_size", None)
-    blob = json.dumps({"config": config, "upstream": upstream, "versions": versions,
-                       "data": fingerprint}, sort_keys=True, default=str)
+    parts = {"config": config, "upstream": upstream, "versions": versions, "data": fingerprint}
+    if code is not None:
+        parts["code"] = code
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -149,13 +184,14 @@ class Tracker:
     def existing(cls, home: Path, suite_name: str) -> "Tracker | None":
         """The store as it is, for reading (``harness plan``): None when it or the suite's
         experiment does not exist yet, and nothing is created either way."""
-        uri = tracking_uri(home)
-        if uri.startswith("sqlite:") and not Path(uri[len("sqlite:///"):]).is_file():
+        db = store_file.sqlite_path(tracking_uri(home))
+        if db is not None and not store_file.readable(db):
             return None
         tracker = cls(home, suite_name, create=False)
         return tracker if tracker.experiment_id is not None else None
 
-    def __init__(self, home: Path, suite_name: str, *, create: bool = True):
+    def __init__(self, home: Path, suite_name: str, *, create: bool = True,
+                 description: str = ""):
         import logging
 
         from mlflow.tracking import MlflowClient  # a slow import: only when tracking is needed
@@ -164,13 +200,18 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.home = home
-        if create:
-            home.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(home)
+        self.note: str | None = None  # what was repaired, for the user
+        db = store_file.sqlite_path(self.uri)
+        if create:
+            check_writable(home)
+            if db is not None:
+                self.note = store_file.ensure_store(db, (home / "artifacts").as_uri())
         self.client = MlflowClient(tracking_uri=self.uri)
         self.suite_name = suite_name
         if create:
             self.experiment_id = self._experiment(suite_name)
+            self._describe(description)
         else:
             exp = self.client.get_experiment_by_name(suite_name)
             self.experiment_id = exp.experiment_id if exp is not None else None
@@ -186,6 +227,13 @@ class Tracker:
         if self.uri.startswith("sqlite:"):
             location = (self.home / "artifacts" / name).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
+
+    def _describe(self, description: str) -> None:
+        """The suite's ``description:`` as the experiment's description in the MLflow UI."""
+        text = " ".join(description.split())
+        exp = self.client.get_experiment(self.experiment_id)
+        if text and exp.tags.get(NOTE_TAG) != text:
+            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, text)
 
     # -- lookups ------------------------------------------------------------------------------
     def runs(self, status: str | None = None) -> list:

@@ -131,3 +131,24 @@ def test_through_the_console_script(case, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert directives(path)["expect"] in proc.stderr
     assert not home.exists()  # nothing was created, let alone recorded
+
+
+@pytest.mark.parametrize("case", SUITES, ids=lambda p: p.stem)
+def test_validate_refuses_what_run_refuses(case, store, capsys):
+    """``harness validate`` runs the preflight of ``run --dry-run``: every network and method
+    built once (a network that does not fit the data, an option value a plugin refuses)."""
+    d = directives(case)
+    if d.get("needs") == "no-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = refused(["validate", str(case), *d.get("args", "").split()], store, capsys)
+    assert d["expect"] in line, line
+
+
+@pytest.mark.parametrize("case", PLUGINS, ids=lambda p: p.stem)
+def test_validate_refuses_what_run_refuses_of_plugins(case, store, capsys, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(CORPUS))
+    d = directives(case)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(GOOD.replace("  method: [std]", f"  {d['suite']}") if "suite" in d else GOOD)
+    line = refused(["validate", str(suite), "--plugin", case.stem], store, capsys)
+    assert d["expect"] in line, line

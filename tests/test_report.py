@@ -29,6 +29,7 @@ evaluate: [accuracy, {name: picture, every: end}]
 claims: ["AB.Std2 > AB.std", "AB.std >= B.std within 0.05"]
 reference: {AB: {std: {mean: 0.136, std: 0.0, source: Table 2}}, B: {std: 0.974}}
 profiles:
+  default: {}
   one: {seeds: 1}
   short: {seeds: 1, epochs: 2}
 """
@@ -80,7 +81,7 @@ def without_timestamp(text: str) -> str:
 def test_report_from_a_real_store(write_suite, isolated_home, tmp_path, capsys, picture_plugin):
     suite = write_suite(SUITE)
     out = tmp_path / "report"
-    report = ["report", str(suite), "--out", str(out), *picture_plugin]
+    report = ["report", str(suite), "--out", str(out), "--profile", "default", *picture_plugin]
 
     # a partial store: replicate 0 of the default profile, plus runs of another profile
     assert main(["run", str(suite), "--profile", "one", "--quiet", *picture_plugin]) == 0
@@ -154,7 +155,7 @@ def test_report_from_a_real_store(write_suite, isolated_home, tmp_path, capsys, 
         assert f'<img src="{rel}"' in text, rel
     assert "| stage / method | planes |" in text
     assert "`harness report " in text and "runs produced by `harness run " in text
-    assert "Profile `(none)`" in text
+    assert "Profile `default`" in text and "Other profiles of this suite: `one`, `short`" in text
 
     # the same store gives the same bytes, but for the timestamp line
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}

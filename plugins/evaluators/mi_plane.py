@@ -73,6 +73,7 @@ def plot_plane(history: list[dict], layers: list[str], path: Path, title: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     norm = colors.Normalize(vmin=min(epochs), vmax=max(max(epochs), min(epochs) + 1))
@@ -85,7 +86,9 @@ def plot_plane(history: list[dict], layers: list[str], path: Path, title: str = 
     last = history[-1]
     for k, (xv, yv) in enumerate(zip(last["ixl"], last["ily"])):
         ax.annotate(f"{k + 1}", (xv, yv), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
+    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
+    bar.locator = MaxNLocator(integer=True)  # epochs are whole numbers: no tick at 1.5
+    bar.update_ticks()
     ax.set_xlabel("I(X;L) [bits]")
     ax.set_ylabel("I(L;Y) [bits]")
     ax.set_title(title or "information plane; layers " + ", ".join(
