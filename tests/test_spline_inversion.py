@@ -6,6 +6,7 @@ run on mnist5k in which the reconstruction error falls."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,74 @@ def test_reconstruction_error_falls_in_a_short_mnist5k_run(tmp_path, one_thread)
     print(untrained, curve, losses)
     assert curve[-1] < 0.7 * untrained and losses[-1] < losses[0], (untrained, curve, losses)
     assert {"loss_ce", "loss_recon"} <= set(result.history[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+# ---------------------------------------------------------------------------------------------
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+
+
+@pytest.mark.parametrize("name,profile", [("semisupervised", None), ("semisupervised", "smoke"),
+                                          ("semisupervised", "paper"),
+                                          ("semisupervised_files", None),
+                                          ("semisupervised_files", "smoke")])
+def test_suites_validate(name, profile, capsys):
+    from harness.cli import main
+    from harness.suite import check_plugins, expand, load_suite
+    path = SUITES / f"{name}.yaml"
+    suite = load_suite(path, profile)
+    check_plugins(suite, Plugins())
+    runs = expand(suite)
+    assert runs
+    args = ["validate", str(path)] + (["--profile", profile] if profile else [])
+    assert main(args) == 0 and "is valid" in capsys.readouterr().out
+
+
+def test_the_offline_suite_draws_the_labels_per_seed_and_keeps_the_same_steps():
+    from harness.suite import expand, load_suite
+    runs = expand(load_suite(SUITES / "semisupervised.yaml"))
+    assert {r.replicate for r in runs} == {0, 1, 2}
+    for r in runs:
+        spec = r.dataset.spec()
+        assert spec["name"] == "mnist5k" and spec["subset_seed"] == r.replicate  # a new draw per seed
+        assert spec["labels"] == (1000 if r.stage == "sup1000" else 50)
+        assert r.architecture.spec()["name"] == "inv_small_cnn"
+    rows = {(r.method.opts["alpha"], r.method.opts["beta"]) for r in runs}
+    assert {(0.7, 0.2), (1.0, 0.0), (0.7, 1.0)} <= rows
+    paper = expand(load_suite(SUITES / "semisupervised.yaml", "paper"))
+    assert {r.run["lr"] for r in paper} == {1e-2} and {r.run["batch_size"] for r in paper} == {64}
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_and_reports_through_the_cli(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from harness.cli import main
+    import yaml
+    # the suite file as it is, its smoke profile, on a fraction of the training images: one
+    # epoch over all 3950 unlabelled images takes minutes per inversion row on a shared CPU
+    raw = yaml.safe_load((SUITES / "semisupervised.yaml").read_text())
+    raw["grid"]["dataset"] = [{**d, "fraction": 0.05} for d in raw["grid"]["dataset"]]
+    raw["stages"]["sup1000"]["dataset"]["fraction"] = 0.3  # 1200 images: 1000 labelled
+    path = tmp_path / "semisupervised.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    home = tmp_path / "h"
+    assert main(["run", str(path), "--profile", "smoke", "--home", str(home), "--quiet"]) == 0
+    c = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("semisupervised")
+    runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=100)
+            if r.data.tags.get("harness.kind") != "invocation"}
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs.values())
+    inv = runs["train/Inv/seed0"].data.metrics
+    assert {"loss_ce", "loss_recon", "loss_entropy", "final_inv_recon_mse",
+            "final_test_acc"} <= set(inv)
+    assert "loss_recon" not in runs["train/Sup50/seed0"].data.metrics
+    assert "loss_entropy" not in runs["train/Beta1/seed0"].data.metrics
+    grid = c.list_artifacts(runs["train/Inv/seed0"].info.run_id, "inversion")
+    assert grid and grid[0].path.endswith(".png")
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--profile", "smoke", "--home", str(home),
+                 "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert "Sup1000" in text and "train.Inv > train.Sup50" in text
