@@ -3,7 +3,7 @@
 The paper's point is that a racecar-trained network keeps the input's information in its
 features, while a plainly trained (or orthogonality-trained) one discards it, so the same
 reverse construction largely fails on it. The measure therefore has to work for *any* model:
-it builds the racecar reverse pass (``plugins.methods.racecar.ReversePass``) from the model's
+it builds the racecar reverse pass (``plugins.reverse.ReverseNet``, racecar's parameters) from the model's
 declared trunk, whatever method trained it. A racecar method is measured with its own reverse
 pass (its constrained depth, start and input batch norm) unless ``layers`` is given; any other
 method with the whole trunk.
@@ -25,7 +25,8 @@ import torch
 
 from harness.api import Evaluator, UserError, hookimpl
 
-from ..methods.racecar import STARTS, Racecar, ReversePass
+from ..methods.racecar import STARTS, Racecar
+from ..reverse import ReverseNet
 
 __all__ = ["Reconstruction", "save_grid"]
 
@@ -80,21 +81,21 @@ class Reconstruction(Evaluator):
                             key="limit")
         self.split, self.layers, self.start = split, layers, start
         self.network, self.images, self.limit, self.trunk = network, images, limit, trunk
-        self._reverse: ReversePass | None = None  # built once per model, for non-racecar methods
+        self._reverse: ReverseNet | None = None  # built once per model, for non-racecar methods
 
     def __getstate__(self):
         # the cached reverse pass references a model: rebuilt on demand, never pickled with us
         return {**self.__dict__, "_reverse": None}
 
-    def _reverse_pass(self, method, model) -> tuple[ReversePass, int, str]:
+    def _reverse_pass(self, method, model) -> tuple[ReverseNet, int, str]:
         own = getattr(method, "reverse", None)
-        if isinstance(method, Racecar) and isinstance(own, ReversePass) and own.model is model \
+        if isinstance(method, Racecar) and isinstance(own, ReverseNet) and own.model is model \
                 and self.trunk is None:
             layers = self.layers if self.layers is not None else method.layers
             return own, layers, self.start or method.start
         if self._reverse is None or self._reverse.model is not model:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            self._reverse = ReversePass(model, trunk=self.trunk).to(device)
+            self._reverse = ReverseNet(model, trunk=self.trunk).to(device)
         depth = self._reverse.depth
         return self._reverse, self.layers if self.layers is not None else depth, \
             self.start or "constrained"
