@@ -50,7 +50,8 @@ from harness.api import Method, UserError, check_choice, check_non_negative, hoo
 
 from ..reverse import Capture, ReverseNet, weight_layers
 
-__all__ = ["RNL", "transform_likelihood", "feedback_loss", "REDUCTIONS", "HARD_GRADS"]
+__all__ = ["RNL", "transform_likelihood", "feedback_loss", "output_reverse", "reconstruct",
+           "REDUCTIONS", "HARD_GRADS"]
 
 REDUCTIONS = ("sum", "mean")
 HARD_GRADS = ("full", "latent", "none")
@@ -78,6 +79,27 @@ def feedback_loss(x: torch.Tensor, x_bar: torch.Tensor, reduction: str = "sum") 
     or the mean over every element (``mean``)."""
     sq = (x - x_bar).pow(2)
     return sq.reshape(len(x), -1).sum(dim=1).mean() if reduction == "sum" else sq.mean()
+
+
+def output_reverse(model, *, trunk=None, input_activation: bool = False) -> ReverseNet:
+    """Paper 002's reverse of a whole network: every weight layer, the previous layer's bias,
+    shared weights. Refused (UserError) when layers follow the last weight layer."""
+    reverse = ReverseNet(model, trunk=trunk or weight_layers(model), bias="add_previous",
+                         input_activation=input_activation)
+    last = reverse.spec.blocks[-1]
+    if last.end != len(reverse.spec.children) - 1:
+        tail = [n for n, _ in reverse.spec.children[last.end + 1:]]
+        raise UserError(f"paper 002's reverse runs from the network's output, but layers {tail} "
+                        f"follow the last reversed layer {last.name!r}", key="trunk",
+                        hint="use a network that ends in its last weight layer (the logits), or "
+                             "name every weight layer in `trunk:`")
+    return reverse
+
+
+def reconstruct(reverse: ReverseNet, cap: Capture, o: torch.Tensor) -> torch.Tensor:
+    """x_bar: the reverse of the whole network from the likelihoods ``o`` (Eq. 3)."""
+    levels = reverse.run(o, reverse.depth - 1, cap, keep=1)
+    return reverse.to_image(levels[0], cap)
 
 
 class RNL(Method):
@@ -108,23 +130,7 @@ class RNL(Method):
             raise UserError(f"closeness must be a number in (0, 1], got {closeness!r}",
                             key="closeness", hint="0.95: 95% of the row's maximum")
         self.entries, self.closeness = entries, float(closeness)
-        self.reverse = ReverseNet(model, trunk=trunk or weight_layers(model),
-                                  bias="add_previous", input_activation=input_activation)
-        self._check_covers(model)
-
-    def _check_covers(self, model) -> None:
-        last = self.reverse.spec.blocks[-1]
-        if last.end != len(self.reverse.spec.children) - 1:
-            tail = [n for n, _ in self.reverse.spec.children[last.end + 1:]]
-            raise UserError(f"rnl runs the reverse from the network's output, but layers "
-                            f"{tail} follow the last reversed layer {last.name!r}", key="trunk",
-                            hint="use a network that ends in its last weight layer (the "
-                                 "logits), or name every weight layer in `trunk:`")
-
-    def reconstruct(self, cap: Capture, o: torch.Tensor) -> torch.Tensor:
-        """x_bar: the reverse of the whole network from the likelihoods ``o``."""
-        levels = self.reverse.run(o, self.reverse.depth - 1, cap, keep=1)
-        return self.reverse.to_image(levels[0], cap)
+        self.reverse = output_reverse(model, trunk=trunk, input_activation=input_activation)
 
     def hard_logits(self, cap: Capture, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The last layer applied to the latent generated from tr(o) (Eq. 8)."""
@@ -140,7 +146,7 @@ class RNL(Method):
     def loss(self, batch):
         cap = self.reverse.capture(batch.x)
         o = F.softmax(cap.output, dim=1)
-        x_bar = self.reconstruct(cap, o)
+        x_bar = reconstruct(self.reverse, cap, o)
         terms = {"task": F.cross_entropy(cap.output, batch.y),
                  "feedback": self.weight * feedback_loss(batch.x, x_bar, self.reduction)}
         if self.hard:
