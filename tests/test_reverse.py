@@ -51,20 +51,22 @@ def test_linear_and_a_given_weight_are_adjoints():
         inner(x, transpose_linear_part(layer, y, x.shape, other)), rel=1e-12)
 
 
-@pytest.mark.parametrize("k,stride,padding,size", [(5, 1, 2, (32, 32)), (3, 2, 1, (9, 10)),
-                                                   (5, 1, 2, (7, 7)), (3, 1, 1, (1, 1))])
-def test_conv_transpose_is_the_adjoint(k, stride, padding, size):
+@pytest.mark.parametrize("conv_impl", ["transpose", "flipped"])
+@pytest.mark.parametrize("k,stride,padding,dilation,size", [
+    (5, 1, 2, 1, (32, 32)), (3, 2, 1, 1, (9, 10)), (5, 1, 2, 1, (7, 7)), (3, 1, 1, 1, (1, 1)),
+    (3, 1, 0, 1, (6, 5)), (3, 1, 2, 2, (8, 8))])
+def test_conv_transpose_is_the_adjoint(k, stride, padding, dilation, size, conv_impl):
     torch.manual_seed(1)
-    conv = nn.Conv2d(3, 4, k, stride=stride, padding=padding).double()
+    conv = nn.Conv2d(3, 4, k, stride=stride, padding=padding, dilation=dilation).double()
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     fx = conv(x) - conv.bias.view(1, -1, 1, 1)
     y = torch.randn_like(fx)
-    back = transpose_linear_part(conv, y, x.shape)
+    back = transpose_linear_part(conv, y, x.shape, conv=conv_impl)
     assert back.shape == x.shape
     assert inner(fx, y) == pytest.approx(inner(x, back), rel=1e-10)
     own = torch.randn_like(conv.weight)
-    assert inner(F.conv2d(x, own, None, stride, padding), y) == pytest.approx(
-        inner(x, transpose_linear_part(conv, y, x.shape, own)), rel=1e-10)
+    assert inner(F.conv2d(x, own, None, stride, padding, dilation), y) == pytest.approx(
+        inner(x, transpose_linear_part(conv, y, x.shape, own, conv_impl)), rel=1e-10)
 
 
 def test_pooling_and_flatten_reverses_are_adjoints():
@@ -78,7 +80,8 @@ def test_pooling_and_flatten_reverses_are_adjoints():
 
 @pytest.mark.parametrize("bias", ["subtract_own", "add_previous"])
 @pytest.mark.parametrize("weights", ["shared", "own"])
-def test_whole_reverse_of_a_linear_network_is_its_adjoint(bias, weights):
+@pytest.mark.parametrize("conv_impl", ["transpose", "flipped"])
+def test_whole_reverse_of_a_linear_network_is_its_adjoint(bias, weights, conv_impl):
     """Without biases and with identity activations every step is linear, so the reverse from
     the output must be the exact adjoint of the whole forward (average pools count 1/4)."""
     torch.manual_seed(3)
@@ -88,7 +91,7 @@ def test_whole_reverse_of_a_linear_network_is_its_adjoint(bias, weights):
                 fc1=nn.Linear(3 * 4 * 4, 6, bias=False), act3=nn.Identity(),
                 fc2=nn.Linear(6, 4, bias=False)).double()
     rev = ReverseNet(model, trunk=weight_layers(model), bias=bias, input_activation=False,
-                     weights=weights)
+                     weights=weights, conv=conv_impl)
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     cap = rev.capture(x)
     assert torch.equal(cap.output, model(x))
@@ -214,7 +217,8 @@ def test_refusals_name_the_layer_and_the_options():
                     ("fc1", "fc2"))
     model = seq(fc=nn.Linear(2, 2))
     for opts, key in (({"bias": "own"}, "bias"), ({"weights": "copy"}, "weights"),
-                      ({"reverse_bn": "x"}, "reverse_bn"), ({"input_activation": 1}, "input_activation")):
+                      ({"reverse_bn": "x"}, "reverse_bn"), ({"input_activation": 1}, "input_activation"),
+                      ({"conv": "fft"}, "conv")):
         with pytest.raises(UserError) as err:
             ReverseNet(model, trunk=["fc"], **opts)
         assert err.value.key == key

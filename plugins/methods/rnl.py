@@ -83,9 +83,10 @@ def feedback_loss(x: torch.Tensor, x_bar: torch.Tensor, reduction: str = "sum") 
 
 def output_reverse(model, *, trunk=None, input_activation: bool = False) -> ReverseNet:
     """Paper 002's reverse of a whole network: every weight layer, the previous layer's bias,
-    shared weights. Refused (UserError) when layers follow the last weight layer."""
+    shared weights, convolutions' W^T as conv2d of the flipped kernel (the fast form on CPU,
+    see ``plugins.reverse``). Refused (UserError) when layers follow the last weight layer."""
     reverse = ReverseNet(model, trunk=trunk or weight_layers(model), bias="add_previous",
-                         input_activation=input_activation)
+                         input_activation=input_activation, conv="flipped")
     last = reverse.spec.blocks[-1]
     if last.end != len(reverse.spec.children) - 1:
         tail = [n for n, _ in reverse.spec.children[last.end + 1:]]
