@@ -26,8 +26,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .api import DataBundle, StageResult
-from .engine import StageTask, build_data, run_stage
+from .api import StageResult
+from .engine import StageTask, run_stage
+from .train.build import StageData, build_stage_data
 
 
 @dataclass
@@ -135,7 +136,7 @@ def adopt(context: dict) -> None:
             sys.path.insert(0, entry)
 
 
-_data_cache: dict[str, DataBundle] = {}
+_data_cache: dict[str, StageData] = {}
 DATA_CACHE_SIZE = 4
 
 
@@ -151,5 +152,5 @@ def run_task(task: StageTask, on_epoch=None) -> StageResult:
     if key not in _data_cache:
         while len(_data_cache) >= DATA_CACHE_SIZE:  # the oldest goes: workers live for a grid
             _data_cache.pop(next(iter(_data_cache)))
-        _data_cache[key] = build_data(plugins, task.dataset, task.data_root, download)
+        _data_cache[key] = build_stage_data(plugins, task.dataset, task.data_root, download)
     return run_stage(task, plugins, data=_data_cache[key], on_epoch=on_epoch)

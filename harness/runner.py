@@ -17,12 +17,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import DataBundle, StageResult
-from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, build_data, run_stage
+import torch
+
+from .api import StageResult
+from .datasets import check_roles
+from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, resolve_device, run_stage
 from .errors import UserError
 from .executors import Job
 from .progress import Progress
 from .suite import StageRun, Suite, check_plugins, expand
+from .train.build import StageData, build_method, build_model, build_stage_data
+from .train.streams import resolve_streams
 from .tracking import (TAG, EpochBuffer, FinishedRun, Tracker, flatten, git_commit, identity,
                        invocation_alive, library_versions)
 
@@ -52,7 +57,7 @@ class Plan:
     runs: list[StageRun]
     identities: dict[tuple, str]
     fingerprints: dict[tuple, str]
-    data: dict[str, DataBundle] = field(default_factory=dict)
+    data: dict[str, StageData] = field(default_factory=dict)
 
     def todo(self, finished: dict[str, FinishedRun]) -> list[StageRun]:
         return [r for r in self.runs if self.identities[r.key] not in finished]
@@ -75,32 +80,73 @@ def _data_key(spec: dict, download: bool) -> str:
     return json.dumps({"spec": spec, "download": download}, sort_keys=True, default=str)
 
 
+def _eval_roles(run: StageRun) -> list[str]:
+    """The data roles a stage run's evaluators measure besides the primary one (``on:``)."""
+    roles: list[str] = []
+    for ev in run.evaluate:
+        on = ev.opts.get("on") or []
+        roles += [on] if isinstance(on, str) else list(on)
+    return roles
+
+
+def _stage_data(suite: Suite, plugins, run: StageRun, data_root: Path) -> StageData:
+    try:
+        return build_stage_data(plugins, run.dataset.spec(), str(data_root),
+                                bool(run.run.get("download")))
+    except UserError as err:
+        key = (run.dataset.key if err.key in (None, "dataset")
+               else f"{run.dataset.key}.{err.key}")
+        raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
+
+
+def _check_eval_roles(suite: Suite, run: StageRun, data: StageData) -> None:
+    for ev in run.evaluate:
+        on = ev.opts.get("on") or []
+        for role in [on] if isinstance(on, str) else on:
+            if role not in data.roles:
+                raise UserError(f"evaluator {ev.name!r} is asked to measure data role {role!r}, "
+                                f"which stage {run.stage!r} does not have", file=suite.path,
+                                key=f"{ev.key}.on", hint=f"its roles: {', '.join(data.roles)}")
+    try:
+        check_roles(data.roles, _eval_roles(run))
+    except UserError as err:
+        raise UserError(err.message, file=suite.path, key=f"{run.dataset.key}.{err.key}",
+                        hint=err.hint) from None
+
+
+def _versions(plugins, run: StageRun) -> dict[str, str]:
+    """The plugin versions in a stage run's identity (one data set: under ``datasets``, as
+    always; several: ``datasets.<role>`` each)."""
+    versions = {}
+    if run.dataset.multi:
+        for role, ref in run.dataset.roles:
+            versions[f"datasets.{role}"] = plugins.get("datasets", ref.name).version
+    else:
+        versions["datasets"] = plugins.get("datasets", run.dataset.name).version
+    versions["architectures"] = plugins.get("architectures", run.architecture.name).version
+    versions["methods"] = plugins.get("methods", run.method.name).version
+    for ev in run.evaluate:
+        versions[f"evaluators.{ev.name}"] = plugins.get("evaluators", ev.name).version
+    return versions
+
+
 def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
     """Validate plugin names, build data once per distinct spec, compute identities."""
     check_plugins(suite, plugins)
     runs = expand(suite)
-    data: dict[str, DataBundle] = {}
+    data: dict[str, StageData] = {}
     fingerprints: dict[str, str] = {}
     identities: dict[tuple, str] = {}
     for run in runs:
-        spec = run.dataset.spec()
-        dkey = _data_key(spec, bool(run.run.get("download")))
+        dkey = _data_key(run.dataset.spec(), bool(run.run.get("download")))
         if dkey not in data:
-            try:
-                data[dkey] = build_data(plugins, spec, str(data_root), bool(run.run.get("download")))
-            except UserError as err:
-                key = (run.dataset.key if err.key in (None, "dataset")
-                       else f"{run.dataset.key}.{err.key}")
-                raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
+            data[dkey] = _stage_data(suite, plugins, run, data_root)
             fingerprints[dkey] = data[dkey].fingerprint()
-        versions = {kind: plugins.get(kind, ref.name).version for kind, ref in
-                    (("datasets", run.dataset), ("architectures", run.architecture),
-                     ("methods", run.method))}
-        for ev in run.evaluate:
-            versions[f"evaluators.{ev.name}"] = plugins.get("evaluators", ev.name).version
+        _check_eval_roles(suite, run, data[dkey])
         upstream = {"from": identities[run.from_key]} if run.from_key else {}
         upstream.update({f"refs.{r}": identities[k] for r, k in run.refs.items()})
-        identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey])
+        identities[run.key] = identity(run.config(), upstream, _versions(plugins, run),
+                                       fingerprints[dkey])
     preflight(suite, plugins, runs, data)
     return Plan(suite=suite, runs=runs, identities=identities,
                 fingerprints={r.key: fingerprints[_data_key(r.dataset.spec(), bool(r.run.get("download")))]
@@ -108,63 +154,59 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
                 data=data)
 
 
-def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, DataBundle]) -> None:
+def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, StageData]) -> None:
     """Build every distinct network and method once, untrained, before anything is recorded.
 
     Option values a signature cannot check (an activation name, a network that does not fit the
     data's shape, a CUDA device on a machine without one, a method that needs a layer the
-    network lacks) then fail as bad input, exit 2, with the suite's key, instead of as FAILED
-    stage runs half-way through a grid. Only ``UserError`` counts here: anything else a plugin
-    raises is left for the stage run to record, with its traceback.
+    network lacks, a stream over a split the data does not have) then fail as bad input, exit 2,
+    with the suite's key, instead of as FAILED stage runs half-way through a grid. Only
+    ``UserError`` counts here: anything else a plugin raises is left for the stage run to
+    record, with its traceback.
     """
-    import torch
-
-    from .api import MethodContext
-    from .engine import build_model, resolve_device, split_options
-
     by_key = {r.key: r for r in runs}
-    methods: dict[tuple, object] = {}
+    methods: dict[str, object] = {}
+    cpu = torch.device("cpu")
 
     def locate(err: UserError, ref, own: tuple[str, ...]) -> UserError:
         key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
         return UserError(err.message, file=suite.path, key=key, hint=err.hint)
 
     def method_of(run: StageRun):
-        bundle = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
-        shape, classes = bundle.input_shape, bundle.num_classes
-        key = (json.dumps([run.method.spec(), run.architecture.spec(), list(shape), classes,
-                           sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
-                                  for r, k in run.refs.items())], sort_keys=True, default=str))
+        stage_data = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+        main = stage_data.main
+        key = json.dumps([run.method.spec(), run.architecture.spec(), run.dataset.spec(),
+                          sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
+                                 for r, k in run.refs.items())], sort_keys=True, default=str)
         if key in methods:
             return methods[key]
-        try:
-            model = build_model(plugins, run.architecture.spec(), shape, classes)
-        except UserError as err:
-            raise locate(err, run.architecture, ("architecture",)) from None
-        except Exception:  # noqa: BLE001  as below: the stage run records it
-            methods[key] = None
-            return None
+        methods[key] = None  # anything but a UserError: the stage run records it
         upstream = {}
         for r, k in run.refs.items():
-            ref = method_of(by_key[k])
-            if ref is None:
-                methods[key] = None
+            upstream[r] = method_of(by_key[k])
+            if upstream[r] is None:
                 return None
-            upstream[r] = ref
-        ctx = MethodContext(stage=run.stage, seed=run.seed, epochs=int(run.run["epochs"]),
-                            num_classes=classes, input_shape=shape, train=bundle.train,
-                            device=torch.device("cpu"), upstream=upstream,
-                            build_model=lambda: build_model(plugins, run.architecture.spec(),
-                                                            shape, classes))
-        name, opts = split_options(run.method.spec())
         try:
-            method = plugins.get("methods", name).obj(model, ctx, **opts)
+            model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
+        except UserError as err:
+            raise locate(err, run.architecture, ("architecture",)) from None
+        except Exception:  # noqa: BLE001  as above
+            return None
+        try:
+            method = build_method(plugins, run.method.spec(), run.architecture.spec(),
+                                  data=stage_data, input_shape=main.input_shape,
+                                  num_classes=main.num_classes, stage=run.stage, seed=run.seed,
+                                  epochs=int(run.run["epochs"]), device=cpu, upstream=upstream,
+                                  run=run.run, model=model)
+            resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
             method.eval()
             method.requires_grad_(False)
         except UserError as err:
-            raise locate(err, run.method, ("method", name)) from None
+            if err.key == "dataset":
+                raise locate(err, run.dataset, ("dataset",)) from None
+            raise locate(err, run.method, ("method", run.method.name)) from None
         except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
-            method = None
+            return None
         methods[key] = method
         return method
 

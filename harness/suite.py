@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .data_options import check_data_options, split_data_options
 from .errors import UserError, suggest
 from .report_spec import ReportSpec, parse_report
 
@@ -42,6 +43,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "eval_batch_size": 1024,
     "download": False,
     "amp": "auto",
+    "grad_clip": 0,
 }
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
@@ -70,10 +72,51 @@ class PluginRef:
         return {"name": self.name, **self.opts}
 
 
+@dataclass(frozen=True)
+class DataRef:
+    """A stage's data: one data set, or several by role (``{source: digits, target: mnist5k}``).
+
+    One data set keeps the spec it always had, so the identities of existing stage runs do not
+    move; several are ``{"roles": {role: spec}}``. ``subset_seed: replicate`` in a data set's
+    options is resolved per replicate (``for_replicate``), so each replicate draws its own
+    labelled subset.
+    """
+
+    roles: tuple[tuple[str, PluginRef], ...]
+    label: str
+    key: str = ""
+    multi: bool = False
+
+    @classmethod
+    def single(cls, ref: PluginRef) -> "DataRef":
+        return cls((("target", ref),), ref.label, ref.key, False)
+
+    @property
+    def name(self) -> str:
+        return "+".join(ref.name for _, ref in self.roles)
+
+    def refs(self) -> list[PluginRef]:
+        return [ref for _, ref in self.roles]
+
+    def spec(self) -> dict[str, Any]:
+        if not self.multi:
+            return self.roles[0][1].spec()
+        return {"roles": {role: ref.spec() for role, ref in self.roles}}
+
+    def for_replicate(self, replicate: int) -> "DataRef":
+        def resolve(ref: PluginRef) -> PluginRef:
+            if ref.opts.get("subset_seed") != "replicate":
+                return ref
+            options = tuple((k, replicate if k == "subset_seed" else v) for k, v in ref.options)
+            return PluginRef(ref.name, ref.label, options, ref.key)
+        return DataRef(tuple((r, resolve(ref)) for r, ref in self.roles), self.label, self.key,
+                       self.multi)
+
+
 @dataclass
 class StageDecl:
     name: str
-    dataset: PluginRef | None
+    dataset: DataRef | None
     architecture: PluginRef | None
     method: PluginRef | None
     from_stage: str | None
@@ -128,7 +171,7 @@ class StageRun:
     seed: int
     cell: dict[str, str]  # axis -> label, only the axes this stage depends on
     row: str  # the method label tables file this run under (the grid's method, if it depends on it)
-    dataset: PluginRef
+    dataset: DataRef
     architecture: PluginRef
     method: PluginRef
     run: dict[str, Any]
@@ -194,12 +237,33 @@ class _Checker:
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
                        f"{type(value).__name__}", "e.g. `std` or `{name: racecar, layers: 6}`")
 
+    def data_ref(self, value, key: str) -> DataRef:
+        """A data set (a name or `{name: ...}`), or a mapping of roles to data sets."""
+        if not (isinstance(value, dict) and "name" not in value):
+            return DataRef.single(self.plugin_ref(value, key, "dataset"))
+        roles = {k: v for k, v in value.items() if k != "label"}
+        if not roles:
+            self.fail(key, "a dataset is a name, `{name: ...}`, or roles of data sets",
+                      "e.g. `mnist5k` or `{source: digits, target: mnist5k}`")
+        refs = []
+        for role, v in roles.items():
+            if not isinstance(role, str) or not role.isidentifier():
+                self.fail(f"{key}.{role}", f"a data role is a plain name, got {role!r}",
+                          "e.g. `source`, `target`, `A`")
+            refs.append((role, self.plugin_ref(v, f"{key}.{role}", "dataset")))
+        label = value.get("label", "+".join(ref.label for _, ref in refs))
+        if not isinstance(label, str) or not label:
+            self.fail(f"{key}.label", "a label must be a non-empty string", "e.g. `label: d2m`")
+        return DataRef(tuple(refs), label, key, True)
+
     def ref_list(self, value, key: str, axis: str) -> list[PluginRef]:
         if isinstance(value, (str, dict)):
             value = [value]
         if not isinstance(value, list):
             self.fail(key, f"expected a list of {axis}s", f"e.g. `[a, b]`, or one {axis} name")
-        refs = [self.plugin_ref(v, f"{key}[{i}]", axis) for i, v in enumerate(value)]
+        make = ((lambda v, k: self.data_ref(v, k)) if axis == "dataset"
+                else (lambda v, k: self.plugin_ref(v, k, axis)))
+        refs = [make(v, f"{key}[{i}]") for i, v in enumerate(value)]
         labels = [r.label for r in refs]
         for i, label in enumerate(labels):
             if labels.index(label) != i:
@@ -246,6 +310,11 @@ class _Checker:
             if v not in ("auto", True, False):
                 self.fail(where, f"amp must be auto, true or false, got {v!r}",
                           "`auto` uses bfloat16 autocast on CUDA for networks large enough to gain")
+        elif k == "grad_clip":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+                self.fail(where, f"grad_clip is the largest gradient norm, a non-negative number; "
+                                 f"got {v!r}", "e.g. `grad_clip: 5.0`; 0 turns clipping off")
+            v = float(v)
         elif k == "download":
             if not isinstance(v, bool):
                 self.fail(where, f"download must be true or false, got {v!r}", "or use `harness run --download`")
@@ -454,7 +523,7 @@ def _parse_setting(c: _Checker, sname: str, raw: dict, prefix: str, prof: dict,
         stage_eval = sval.get("evaluate")
         stages[str(stname)] = StageDecl(
             name=str(stname),
-            dataset=c.plugin_ref(sval["dataset"], f"{key}.dataset", "dataset") if "dataset" in sval else None,
+            dataset=c.data_ref(sval["dataset"], f"{key}.dataset") if "dataset" in sval else None,
             architecture=(c.plugin_ref(sval["architecture"], f"{key}.architecture", "architecture")
                           if "architecture" in sval else None),
             method=c.plugin_ref(sval["method"], f"{key}.method", "method") if "method" in sval else None,
@@ -591,7 +660,7 @@ def expand(suite: Suite) -> list[StageRun]:
                     if key in runs:
                         continue
                     labels = {a: cell[a].label for a in deps[stname]}
-                    dataset = st.dataset or cell["dataset"]
+                    dataset = (st.dataset or cell["dataset"]).for_replicate(replicate)
                     architecture = own_architecture(setting.stages, stname) or cell["architecture"]
                     method = st.method or cell["method"]
                     # the row a run belongs to: the grid's method, or the method of the stage it
@@ -641,28 +710,42 @@ def check_plugins(suite: Suite, plugins) -> None:
     def check(ref: PluginRef, kind: str):
         registry, skip = kinds[kind]
         options = ref.opts
-        if kind == "evaluator":  # `every` belongs to the core's scheduling, not the evaluator
+        if kind == "evaluator":  # `every` and `on` belong to the core's scheduling
+            on = options.pop("on", [])
+            if not (isinstance(on, str) or (isinstance(on, list)
+                                            and all(isinstance(r, str) for r in on))):
+                raise UserError(f"on names data roles to measure, got {on!r}", file=suite.path,
+                                key=f"{ref.key}.on", hint="e.g. `{name: accuracy, on: [target, source]}`")
             every = options.pop("every", 1)
             if every != "end" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
                 raise UserError(f"every must be a positive epoch interval or `end`, got {every!r}",
                                 file=suite.path, key=f"{ref.key}.every",
                                 hint="e.g. `{name: accuracy, every: 5}`")
+        if kind == "dataset":  # the core's data options, which every data set has
+            options, data_options = split_data_options(options)
         try:
             entry = plugins.get(registry, ref.name)
             check_options(entry, options, skip=skip)
+            if kind == "dataset":
+                check_data_options({k: (0 if k == "subset_seed" and v == "replicate" else v)
+                                    for k, v in data_options.items()})
         except UserError as err:
             key = ref.key if err.key is None or err.key == ref.name else f"{ref.key}.{err.key}"
             raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
 
+    def check_axis(ref, axis: str):
+        for one in (ref.refs() if axis == "dataset" else [ref]):
+            check(one, axis)
+
     for setting in suite.settings:
         for axis, refs in setting.grid.items():
             for ref in refs:
-                check(ref, axis)
+                check_axis(ref, axis)
         for ref in setting.evaluate:
             check(ref, "evaluator")
         for st in setting.stages.values():
             for axis in AXES:
                 if getattr(st, axis) is not None:
-                    check(getattr(st, axis), axis)
+                    check_axis(getattr(st, axis), axis)
             for ref in st.evaluate or []:
                 check(ref, "evaluator")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.api import Evaluator, Method, hookimpl
+from harness.api import Evaluator, Method, Stream, hookimpl
 
 EVENTS: list[tuple] = []
 
@@ -19,16 +19,17 @@ EVENTS: list[tuple] = []
 class TwoNet(Method):
     """Trains the model and a second network; with a ``teacher`` ref, both also match its logits."""
 
-    streams = 2
-
     def __init__(self, model, ctx, *, distill: float = 0.0):
         super().__init__(model, ctx)
         self.second = ctx.build_model()
         self.distill = distill
         self.teacher = ctx.upstream.get("teacher")
 
-    def loss(self, batch):
-        other = batch.others[0]
+    def streams(self):
+        return {"train": Stream(), "second": Stream()}
+
+    def loss(self, batches):
+        batch, other = batches["train"], batches["second"]
         terms = {"task": F.cross_entropy(self.model(batch.x), batch.y),
                  "second": F.cross_entropy(self.second(other.x), other.y)}
         if self.teacher is not None and self.distill:

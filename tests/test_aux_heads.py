@@ -16,12 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Batch, DataBundle, EvalContext, MethodContext, Split, UserError
+from harness.api import Batch, Batches, DataBundle, EvalContext, MethodContext, Split, UserError
 from plugins.architectures.resnet import resnet20, resnet56, resnet_small
 from plugins.evaluators.compatibility import (CorrelationAccumulator, FeatureCorrelation, HeadSwap,
                                               matched_correlation)
 from plugins.methods.aux_heads import (AuxHeads, common_targets, head_copy, rotate, rotation_batch,
                                        split_index)
+
+
+def pair(a, b):
+    """The two streams of a joint step: network a's batch and network b's."""
+    return Batches({"a": a, "b": b})
 
 
 def linear_net(d: int = 4, c: int = 4) -> nn.Sequential:
@@ -181,7 +186,7 @@ def test_common_class_loss_is_eq1_on_the_masked_samples():
                  weight=0.5)
     xa, xb = torch.randn(5, 4), torch.randn(5, 4)
     ya, yb = torch.tensor([4, 0, 1, 1, 3]), torch.tensor([2, 2, 4, 5, 0])
-    terms = m.loss(Batch(xa, ya, torch.arange(5), others=[Batch(xb, yb, torch.arange(5))]))
+    terms = m.loss(pair(Batch(xa, ya, torch.arange(5)), Batch(xb, yb, torch.arange(5))))
     c = m.aux["common"]
     expected = (F.cross_entropy(c(m.model.fc1(xa[[0, 2, 3]])), torch.tensor([0, 1, 1]), reduction="sum")
                 + F.cross_entropy(c(m.net_b.fc1(xb[[2]])), torch.tensor([0]), reduction="sum")) / 5
@@ -190,7 +195,7 @@ def test_common_class_loss_is_eq1_on_the_masked_samples():
     # a sample outside the common set does not reach the shared head
     ya2 = ya.clone()
     ya2[1] = 5
-    again = m.loss(Batch(xa, ya2, torch.arange(5), others=[Batch(xb, yb, torch.arange(5))]))
+    again = m.loss(pair(Batch(xa, ya2, torch.arange(5)), Batch(xb, yb, torch.arange(5))))
     assert again["common"].item() == pytest.approx(terms["common"].item(), rel=1e-6)
 
 
@@ -244,7 +249,7 @@ def test_rotation_loss_uses_the_shared_head_on_rotated_inputs():
     m.eval()  # batch norm from running statistics: the same function twice
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
     state = m.generator.get_state()
-    terms = m.loss(Batch(x, y, torch.arange(6), others=[Batch(x, y, torch.arange(6))]))
+    terms = m.loss(Batch(x, y, torch.arange(6)))
     xr, k = rotation_batch(x, "random", torch.Generator().set_state(state))
     expected = F.cross_entropy(m.aux["rotation"](m.features(m.model, xr)), k)
     assert terms["rotation"].item() == pytest.approx(2.0 * expected.item(), rel=1e-5)
@@ -269,13 +274,13 @@ def test_same_init_identical_weights_and_each_network_its_own_batches():
     a, b = indep.model.state_dict(), indep.net_b.state_dict()
     assert not torch.equal(a["stem.conv.weight"], b["stem.conv.weight"])
 
-    assert AuxHeads.streams == 2  # the engine draws a second, independent data order
+    assert list(same.streams()) == ["a", "b"]  # each network its own, independent data order
     seen = {}
     same.model.stem.register_forward_pre_hook(lambda mod, inp: seen.setdefault("a", inp[0]))
     same.net_b.stem.register_forward_pre_hook(lambda mod, inp: seen.setdefault("b", inp[0]))
     xa, xb = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
     y = torch.tensor([0, 1, 2, 3])
-    same.loss(Batch(xa, y, torch.arange(4), others=[Batch(xb, y, torch.arange(4, 8))]))
+    same.loss(pair(Batch(xa, y, torch.arange(4)), Batch(xb, y, torch.arange(4, 8))))
     assert torch.equal(seen["a"], xa) and torch.equal(seen["b"], xb)
 
 
@@ -295,7 +300,7 @@ def test_incremental_second_stage_freezes_the_shared_head_and_f_a():
     first = _first_stage(build, rotation=True, common_classes=True, distill=True)
     assert first.role == "first" and set(first.networks()) == {"a"}
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 10
-    first.loss(Batch(x, y, torch.arange(8), others=[Batch(x, y, torch.arange(8))]))["rotation"].backward()
+    first.loss(Batch(x, y, torch.arange(8)))["rotation"].backward()
     first = frozen(first)
     before = copy.deepcopy(first.state_dict())
 
@@ -314,7 +319,7 @@ def test_incremental_second_stage_freezes_the_shared_head_and_f_a():
     opt = torch.optim.SGD(second.parameters(), lr=0.5)
     second.train()
     assert not first.training  # the reference stays in eval mode
-    terms = second.loss(Batch(x, y, torch.arange(8), others=[Batch(x, y, torch.arange(8))]))
+    terms = second.loss(Batch(x, y, torch.arange(8)))
     assert set(terms) == {"task_b", "common", "rotation", "distill"}
     # distillation pulls f_b towards the frozen f_a on b's batch
     with torch.no_grad():
@@ -431,7 +436,7 @@ def test_distillation_aligns_features_on_a_tiny_problem(tmp_path):
         for step in range(300):
             ia = torch.randint(0, 400, (64,), generator=g)
             ib = torch.randint(0, 400, (64,), generator=g)
-            terms = m.loss(Batch(x[ia], y[ia], ia, others=[Batch(x[ib], y[ib], ib)]))
+            terms = m.loss(pair(Batch(x[ia], y[ia], ia), Batch(x[ib], y[ib], ib)))
             opt.zero_grad()
             sum(terms.values()).backward()
             opt.step()

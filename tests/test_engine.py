@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from harness.api import load_matching
-from harness.engine import StageTask, lr_factor, run_stage
+from harness.engine import StageTask, run_stage
+from harness.train.updates import make_scheduler
 from harness.meters import choose_threads, macs_per_sample
 from harness.plugins import Plugins
 from harness.suite import RUN_DEFAULTS
@@ -56,13 +57,28 @@ def test_plugin_exception_is_recorded_with_traceback(tmp_path, plugins):
     assert "Traceback" in (tmp_path / "art" / "traceback.txt").read_text()
 
 
+def _lrs(schedule, epochs, at):
+    """The learning rate torch's scheduler gives during each 0-based epoch in ``at``."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = make_scheduler(optimizer, schedule, epochs)
+    lrs = []
+    for epoch in range(max(at) + 1):
+        if epoch in at:
+            lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
 def test_schedules():
-    assert lr_factor({"name": "constant"}, 50, 100) == 1.0
+    assert make_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                          {"name": "constant"}, 100) is None
     ms = {"name": "multistep", "milestones": [80, 120], "gamma": 0.1}
-    assert [lr_factor(ms, e, 180) for e in (79, 80, 119, 120)] == pytest.approx([1, .1, .1, .01])
-    assert lr_factor({"name": "step", "step_size": 10, "gamma": 0.5}, 25, 100) == 0.25
-    cos = {"name": "cosine"}
-    assert lr_factor(cos, 0, 10) == 1.0 and lr_factor(cos, 5, 10) == pytest.approx(0.5)
+    assert _lrs(ms, 180, [79, 80, 119, 120]) == pytest.approx([1, .1, .1, .01])
+    assert _lrs({"name": "step", "step_size": 10, "gamma": 0.5}, 100, [25]) == [0.25]
+    assert _lrs({"name": "cosine"}, 10, [0, 5]) == pytest.approx([1.0, 0.5])
+    assert _lrs({"name": "cosine", "min_lr": 0.1}, 10, [0, 5]) == pytest.approx([1.0, 0.55])
 
 
 def test_schedule_reaches_the_optimizer(tmp_path, plugins):

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Method, UserError, check_choice, check_non_negative, hookimpl
+from harness.api import Method, Stream, UserError, check_choice, check_non_negative, hookimpl
 
 REGIMES = ("joint", "incremental")
 ROTATIONS = ("random", "all")
@@ -139,8 +139,6 @@ def _digest(net: nn.Module) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 class AuxHeads(Method):
     """Two networks made compatible by shared auxiliary heads (paper 001); see the module doc."""
-
-    streams = 2  # each network draws its own shuffled order of the training data
 
     def __init__(self, model, ctx, *, split: str | None = None, common_classes: bool = False,
                  classes: int | list[int] | None = None, rotation: bool = False,
@@ -306,14 +304,20 @@ class AuxHeads(Method):
                 total = total + z.sum() * 0.0
         return self.weight * total / per_network
 
+    def streams(self) -> dict[str, Stream]:
+        """Joint training: each network draws its own shuffled order of the training data."""
+        if self.role == "joint":
+            return {"a": Stream(), "b": Stream()}
+        return {"train": Stream()}
+
     def loss(self, batch):
         if self.role == "second":
             pairs = [("b", self.model, batch.x, batch.y)]
+        elif self.role == "joint":
+            batch, other = batch["a"], batch["b"]
+            pairs = [("a", self.model, batch.x, batch.y), ("b", self.net_b, other.x, other.y)]
         else:
             pairs = [("a", self.model, batch.x, batch.y)]
-            if self.role == "joint":
-                other = batch.others[0]
-                pairs.append(("b", self.net_b, other.x, other.y))
         terms: dict[str, torch.Tensor] = {}
         feats, common, rotated = {}, ([], []), ([], [])
         for name, net, x, y in pairs:

@@ -1,0 +1,139 @@
+"""The epoch loop: steps over the streams, per-epoch metrics, the finite check, evaluators.
+
+Lightning splits its fit loop into an epoch loop and the optimization inside a step; so does
+this: ``EpochLoop.train_epoch`` runs the steps (each one ``method.step``, whose updates
+``harness.train.updates`` carries out), ``evaluate`` the evaluators that are due, and ``run``
+the epochs with the resume saves between them. Per-step work is what the method asks for and
+nothing else: losses are averaged once per epoch, never synchronised per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..api import EvalContext, Evaluator, Method, StageResult
+from ..data_options import primary_role
+from .build import StageData
+from .streams import StreamSet
+from .updates import Updates
+
+__all__ = ["EpochLoop", "EvaluatorSlot", "StageFailed", "due"]
+
+
+class StageFailed(Exception):
+    """The run itself failed (NaN loss, a plugin raised): recorded, and the grid goes on."""
+
+
+def due(every, epoch: int, epochs: int) -> bool:
+    last = epoch == epochs - 1
+    if every == "end":
+        return last
+    return last or (epoch + 1) % int(every) == 0
+
+
+@dataclass
+class EvaluatorSlot:
+    """An evaluator with when it runs and on which data roles (the primary one unprefixed)."""
+
+    name: str
+    evaluator: Evaluator
+    every: int | str
+    roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EpochLoop:
+    method: Method
+    updates: Updates
+    streams: StreamSet
+    evaluators: list[EvaluatorSlot]
+    data: StageData  # on the run's device
+    epochs: int
+    device: torch.device
+    autocast: Callable
+    artifact_dir: Path
+    eval_batch_size: int
+    train_seconds: float = 0.0
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        method, updates, autocast = self.method, self.updates, self.autocast
+        metrics: dict[str, float] = {"epoch": epoch + 1, **updates.lrs()}
+        metrics.update(method.epoch_started(epoch) or {})
+        method.train()
+        hook = method.step_finished if type(method).step_finished is not Method.step_finished else None
+        primary = self.streams.primary.name
+        step = epoch * self.streams.steps
+        t0 = time.perf_counter()
+        for batches in self.streams.epoch():
+            updates.batch_size = len(batches[primary])
+            with autocast():
+                method.step(batches)
+            if hook is not None:
+                hook(step)
+            step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        updates.epoch_finished()
+        self._log_losses(epoch, metrics)
+        metrics["epoch_seconds"] = seconds
+        n = self.streams.primary.n
+        metrics["train_samples_per_s"] = n / seconds if seconds > 0 else float("nan")
+        if len(self.streams.streams) > 1:
+            metrics.update({f"seen_{k}": float(v) for k, v in self.streams.seen().items()})
+        return metrics
+
+    def _log_losses(self, epoch: int, metrics: dict[str, float]) -> None:
+        terms, norms = self.updates.epoch_means()
+        total = 0.0
+        for key, value in terms.items():
+            metrics[f"loss_{key}"] = value
+            total += value
+        metrics["loss"] = total
+        metrics.update(norms)
+        if not math.isfinite(total):
+            bad = ", ".join(f"loss_{k}={v:.4g}" for k, v in terms.items())
+            raise StageFailed(f"loss became {total} in epoch {epoch + 1} ({bad})")
+
+    def evaluate(self, epoch: int, metrics: dict[str, float]) -> None:
+        primary = primary_role(self.data.roles)
+        for slot in self.evaluators:
+            if not due(slot.every, epoch, self.epochs):
+                continue
+            for role in slot.roles or [primary]:
+                ctx = EvalContext(data=self.data.roles[role], epoch=epoch + 1,
+                                  final=epoch == self.epochs - 1, device=self.device,
+                                  artifact_dir=self.artifact_dir, batch_size=self.eval_batch_size,
+                                  role=role, roles=self.data.roles)
+                values = slot.evaluator.evaluate(self.method, ctx)
+                prefix = "" if role == primary else f"{role}_"
+                metrics.update({prefix + k: v for k, v in values.items()})
+
+    def run(self, start: int, result: StageResult, after_epoch: Callable[[int, dict], None]) -> None:
+        for epoch in range(start, self.epochs):
+            metrics = self.train_epoch(epoch)
+            self.evaluate(epoch, metrics)
+            result.history.append(metrics)
+            after_epoch(epoch, metrics)
+
+
+def summary_of(history: list[dict[str, float]], train_seconds: float, samples: int,
+               epochs: int) -> dict[str, Any]:
+    """The stage run's final metrics: the last value of each, and the run's speed."""
+    summary: dict[str, float] = {}
+    for row in history:
+        summary.update({k: v for k, v in row.items() if k != "epoch"})
+    summary.pop("epoch_seconds", None)
+    summary.pop("train_samples_per_s", None)
+    summary["seconds_per_epoch"] = train_seconds / max(1, epochs)
+    summary["train_samples_per_s"] = (samples * epochs / train_seconds if train_seconds > 0
+                                      else float("nan"))
+    summary["train_seconds"] = train_seconds
+    return summary
