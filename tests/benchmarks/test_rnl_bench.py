@@ -15,6 +15,9 @@ the ratios are printed and stored in each benchmark's ``extra_info``.
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -110,3 +113,27 @@ def test_step_time_flops_and_memory(benchmark, kind, net):
     assert mine["flops"] > 0
     if kind == "rnl":
         assert 1.5 < info["flop_ratio_to_std"] < 3.5  # about one more forward + its backward
+
+
+@pytest.mark.parametrize("net", list(NETWORKS))
+def test_interleaved_time_ratio(benchmark, net):
+    """RN and NN steps alternated in one process, so that a shared machine's load changes both
+    alike: the median RN / NN ratio of the pairs is the step-cost ratio to set beside FLOPs."""
+    torch.set_num_threads(1)
+    steps = {kind: build(kind, net)[2] for kind in ("std", "rnl")}
+    times: dict[str, list[float]] = {"std": [], "rnl": []}
+
+    def pair():
+        for kind, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[kind].append(time.perf_counter() - start)
+
+    pair()
+    benchmark.pedantic(pair, rounds=NETWORKS[net][3], iterations=1, warmup_rounds=0)
+    ratio = statistics.median(r / s for r, s in zip(times["rnl"][1:], times["std"][1:]))
+    flop_ratio = cost("rnl", net)["flops"] / cost("std", net)["flops"]
+    benchmark.extra_info.update({"time_ratio": ratio, "flop_ratio": flop_ratio, "network": net})
+    print(f"\n{net} interleaved: RN/NN step time {ratio:.2f}x, FLOPs {flop_ratio:.2f}x "
+          f"({(ratio / flop_ratio - 1) * 100:+.0f}%)")
+    assert ratio > 1
