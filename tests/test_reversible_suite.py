@@ -108,10 +108,12 @@ def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=1000)
             if r.data.tags.get("harness.kind") != "invocation"}
     failed = {n for n, r in runs.items() if r.info.status == "FAILED"}
-    assert failed == {f"main:{s}/RN_paper/seed0" for s in ("digits", "mnist", "mix")}
+    # the paper's unclipped form diverges (on digits one seed in three survives its first epochs)
+    assert {"main:mnist/RN_paper/seed0", "main:mix/RN_paper/seed0"} <= failed
+    assert failed <= {f"main:{s}/RN_paper/seed0" for s in ("digits", "mnist", "mix")}
     assert all("nan" in runs[n].data.tags["harness.error"] for n in failed)
     finished = {n: r.data.metrics for n, r in runs.items() if r.info.status == "FINISHED"}
-    assert len(finished) == 15
+    assert len(finished) == 18 - len(failed)
     for name, metrics in finished.items():
         assert {"final_test_err", "final_test_acc", "final_recon_mse"} <= set(metrics), name
         assert metrics["final_test_err"] == pytest.approx(100 * (1 - metrics["final_test_acc"]))
