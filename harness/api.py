@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, check_choice, check_non_negative
+from .fisher import fisher_diagonal, per_sample_grads
 from .resize import resize_images
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -23,7 +24,8 @@ hookimpl = pluggy.HookimplMarker("harness")
 __all__ = [
     "hookimpl", "UserError", "check_choice", "check_non_negative", "Split", "DataBundle",
     "DatasetContext", "Batch", "Batches", "MissingLabels", "Stream", "OptimizerSpec",
-    "DEFAULT_OPTIMIZER", "MethodContext", "Method", "Evaluator", "resize_images", "EvalContext", "StageInfo", "StageResult", "load_matching",
+    "DEFAULT_OPTIMIZER", "MethodContext", "Method", "Evaluator", "resize_images", "fisher_diagonal",
+    "per_sample_grads", "EvalContext", "StageInfo", "StageResult", "load_matching",
 ]
 
 

@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
                           "processes when -j is over 1)")
     run.add_argument("-j", "--jobs", type=int, default=None,
                      help="parallel stage runs (default: 1 inline, else the number of cores)")
+    run.add_argument("--log-model", default="pickle", choices=("pickle", "pt2", "off"),
+                     help="how each trained network is logged as an MLflow model (default "
+                          "pickle: loads back as the same module; pt2: torch.export's graph)")
+    run.add_argument("--gpus", default=None,
+                     help="GPUs the workers share, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else "
+                          "every GPU torch sees); `none`: CPU only")
+    run.add_argument("--runs-per-gpu", type=int, default=1,
+                     help="stage runs sharing one GPU at a time (default 1)")
     run.add_argument("--address", help="the Ray cluster for --executor ray (default: a local Ray "
                                        "started for this run)")
     run.add_argument("--resume", action="store_true",
@@ -58,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     pln.add_argument("-j", "--jobs", type=int, default=None,
                      help="estimate for this many parallel stage runs (default: the cores)")
+    pln.add_argument("--gpus", default=None, help="as for `harness run`")
+    pln.add_argument("--runs-per-gpu", type=int, default=1, help="as for `harness run`")
     pln.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
 
     val = sub.add_parser("validate", parents=[common], help="check a suite without running it")
@@ -73,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
     plug = sub.add_parser("plugins", parents=[common], help="list loaded plugins")
     plug.add_argument("--json", action="store_true")
+    plug.add_argument("--check", nargs="*", metavar="PLUGIN", default=None,
+                      help="run the conformance kit on every installed plugin (or those named)")
+
+    new = sub.add_parser("new", help="write a plugin package that installs, passes the kit, runs")
+    new.add_argument("kind", choices=["method", "dataset", "architecture", "evaluator"])
+    new.add_argument("name", help="the plugin's name, e.g. my_reg")
+    new.add_argument("--dir", default=".", help="where the package folder goes (default: here)")
 
     lst = sub.add_parser("list", parents=[common], help="list registered names of one kind")
     lst.add_argument("kind", choices=["datasets", "architectures", "methods", "evaluators",
@@ -104,7 +121,11 @@ def _dispatch(args, argv) -> int:
     if args.command == "validate":
         return _validate(args, load(args.plugin))
     if args.command == "plugins":
+        if args.check is not None:
+            return _check_plugins(args, load(args.plugin))
         return _plugins(args, load(args.plugin))
+    if args.command == "new":
+        return _new(args)
     if args.command == "list":
         registry = load(args.plugin).registry(args.kind)
         for name in registry.names():
@@ -166,6 +187,30 @@ def _plugins(args, plugins) -> int:
     return 0
 
 
+def _check_plugins(args, plugins) -> int:
+    from .testing.installed import check_installed
+
+    rows = check_installed(plugins, args.check or None)
+    for row in rows:
+        state = ("cannot check" if row.error else "FAILED" if row.failed else "passed")
+        print(f"{row.plugin:<28} {row.kind:<13} {row.name:<20} {state:<12} "
+              f"{len(row.passed)} passed, {len(row.failed)} failed")
+        for check, why in row.failed.items():
+            print(f"    {check}: {why}")
+        if row.error:
+            print(f"    {row.error}")
+    return 1 if any(row.failed for row in rows) else 0
+
+
+def _new(args) -> int:
+    from .scaffold import scaffold
+
+    root = scaffold(args.kind, args.name, Path(args.dir))
+    print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
+          f"harness run {root}/suites/{args.name}.yaml")
+    return 0
+
+
 def _ui(home: Path, port: int) -> int:
     from .tracking import tracking_uri
 
@@ -193,10 +238,22 @@ def _executor(args, plugins):
         check_options(entry, options)
     except UserError as err:
         raise UserError(err.message, key="--address", hint="--address is for --executor ray") from None
-    jobs = args.jobs if args.jobs is not None else (1 if name == "inline" else cores_here())
+    placement = _placement(args)
+    default = placement.capacity or cores_here()
+    jobs = args.jobs if args.jobs is not None else (1 if name == "inline" else default)
+    placement.check_jobs(jobs)
     if args.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be 0 or more seconds", key="--checkpoint-every")
-    return entry.obj(jobs=jobs, **options)
+    executor = entry.obj(jobs=jobs, **options)
+    executor.placement = placement
+    return executor
+
+
+def _placement(args):
+    from .placement import Placement, visible_gpus
+
+    gpus = [] if args.gpus == "none" else visible_gpus(args.gpus)
+    return Placement(gpus, args.runs_per_gpu)
 
 
 def _plan(args, home: Path, plugins) -> int:
@@ -208,8 +265,11 @@ def _plan(args, home: Path, plugins) -> int:
     suite = load_suite(args.suite, args.profile)
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     plan = make_plan(suite, plugins, data_root)
-    print(plan_text(plan, Tracker.existing(home, suite.name), home,
-                    args.jobs if args.jobs is not None else cores_here()))
+    placement = _placement(args)
+    jobs = args.jobs if args.jobs is not None else (placement.capacity or cores_here())
+    placement.check_jobs(jobs)
+    print(plan_text(plan, Tracker.existing(home, suite.name), home, jobs))
+    print(placement.describe(jobs))
     return 0
 
 
@@ -237,7 +297,8 @@ def _run(args, argv, home: Path, plugins) -> int:
     command = "harness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
                     progress=progress, command=command, plugin_modules=args.plugin,
-                    resume=args.resume, checkpoint_every=args.checkpoint_every)
+                    resume=args.resume, checkpoint_every=args.checkpoint_every,
+                    log_model=args.log_model)
     outcome = driver.run()
     if outcome.failed or outcome.skipped:
         progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "

@@ -8,6 +8,7 @@ leaves as a ``StageResult`` plus files in the task's artifact folder. It never t
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from . import plugins as plugin_mod
 from .api import DataBundle, Method, StageInfo, StageResult, load_matching
 from .errors import UserError
 from .meters import PeakMemory, choose_threads, macs_per_sample
+from .placement import GPU_ENV
 from .train.build import StageData, build_method, build_model, build_stage_data, split_options
 from .train.checkpoint import (CHECKPOINT, CHECKPOINT_FORMAT, ModelSource, ResumeState,
                                load_method, read_model_state, save_final)
@@ -197,6 +199,8 @@ def _make_loop(task: StageTask, plugins, data, device, result: StageResult) -> E
         "train_samples": len(main.train), "test_samples": len(main.test),
         "data_fingerprint": task.config.get("data_fingerprint", ""),
     })
+    if GPU_ENV in os.environ:  # the GPU a parallel executor pinned this worker to
+        result.params["cuda_visible_devices"] = os.environ[GPU_ENV]
     if len(streams.streams) > 1 or len(updates.optimizers) > 1:
         result.params["streams"] = ",".join(f"{s.name}:{s.batch_size}" for s in streams.streams)
         result.params["optimizers"] = ",".join(updates.optimizers)

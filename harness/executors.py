@@ -28,6 +28,7 @@ from typing import Callable
 
 from .api import StageResult
 from .engine import StageTask, run_stage
+from .placement import Placement
 from .train.build import StageData, build_stage_data
 
 
@@ -43,6 +44,8 @@ class Executor(ABC):
 
     #: set by the driver: ``on_epoch(job, epoch, metrics)``, to be called in the driver process
     on_epoch: Callable[[Job, int, dict], None] | None = None
+    #: set by the CLI: which GPU each worker is pinned to (no GPUs: every worker on the CPU)
+    placement: Placement = Placement()
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, int(jobs))

@@ -25,6 +25,7 @@ from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, resolve_dev
 from .errors import UserError
 from .executors import Job
 from .progress import Progress
+from .records import dataset_inputs, log_network
 from .suite import StageRun, Suite, check_plugins, expand
 from .train.build import StageData, build_method, build_model, build_stage_data
 from .train.streams import resolve_streams
@@ -154,6 +155,38 @@ def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
                 data=data)
 
 
+def _locate(suite: Suite, err: UserError, ref, own: tuple[str, ...]) -> UserError:
+    key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
+    return UserError(err.message, file=suite.path, key=key, hint=err.hint)
+
+
+def _build_untrained(suite: Suite, plugins, run: StageRun, stage_data: StageData, upstream):
+    """The stage run's method, untrained on the CPU; None when it fails other than as bad input."""
+    main = stage_data.main
+    try:
+        model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
+    except UserError as err:
+        raise _locate(suite, err, run.architecture, ("architecture",)) from None
+    except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
+        return None
+    try:
+        method = build_method(plugins, run.method.spec(), run.architecture.spec(),
+                              data=stage_data, input_shape=main.input_shape,
+                              num_classes=main.num_classes, stage=run.stage, seed=run.seed,
+                              epochs=int(run.run["epochs"]), device=torch.device("cpu"),
+                              upstream=upstream, run=run.run, model=model)
+        resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
+    except UserError as err:
+        if err.key == "dataset":
+            raise _locate(suite, err, run.dataset, ("dataset",)) from None
+        raise _locate(suite, err, run.method, ("method", run.method.name)) from None
+    except Exception:  # noqa: BLE001  as above
+        return None
+    method.eval()
+    method.requires_grad_(False)
+    return method
+
+
 def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, StageData]) -> None:
     """Build every distinct network and method once, untrained, before anything is recorded.
 
@@ -166,15 +199,9 @@ def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, Stage
     """
     by_key = {r.key: r for r in runs}
     methods: dict[str, object] = {}
-    cpu = torch.device("cpu")
-
-    def locate(err: UserError, ref, own: tuple[str, ...]) -> UserError:
-        key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
-        return UserError(err.message, file=suite.path, key=key, hint=err.hint)
 
     def method_of(run: StageRun):
         stage_data = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
-        main = stage_data.main
         key = json.dumps([run.method.spec(), run.architecture.spec(), run.dataset.spec(),
                           sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
                                  for r, k in run.refs.items())], sort_keys=True, default=str)
@@ -186,27 +213,7 @@ def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, Stage
             upstream[r] = method_of(by_key[k])
             if upstream[r] is None:
                 return None
-        try:
-            model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
-        except UserError as err:
-            raise locate(err, run.architecture, ("architecture",)) from None
-        except Exception:  # noqa: BLE001  as above
-            return None
-        try:
-            method = build_method(plugins, run.method.spec(), run.architecture.spec(),
-                                  data=stage_data, input_shape=main.input_shape,
-                                  num_classes=main.num_classes, stage=run.stage, seed=run.seed,
-                                  epochs=int(run.run["epochs"]), device=cpu, upstream=upstream,
-                                  run=run.run, model=model)
-            resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
-            method.eval()
-            method.requires_grad_(False)
-        except UserError as err:
-            if err.key == "dataset":
-                raise locate(err, run.dataset, ("dataset",)) from None
-            raise locate(err, run.method, ("method", run.method.name)) from None
-        except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
-            return None
+        method = _build_untrained(suite, plugins, run, stage_data, upstream)
         methods[key] = method
         return method
 
@@ -224,7 +231,7 @@ class Driver:
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
                  executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
-                 resume: bool = False, checkpoint_every: float = 30.0):
+                 resume: bool = False, checkpoint_every: float = 30.0, log_model: str = "pickle"):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
@@ -243,6 +250,9 @@ class Driver:
         self.versions = library_versions()
         self.commit = git_commit(Path(plan.suite.path).resolve())
         self.resume, self.checkpoint_every = resume, checkpoint_every
+        self.log_model = log_model
+        #: seconds spent on MLflow's dataset and model records (the report's tracking cost)
+        self.record_seconds = 0.0
 
     # -- the whole invocation -------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -381,6 +391,10 @@ class Driver:
             return None
         run_id = self.tracker.start_child(run.name, tags, params, config)
         self.child_ids[run.key] = run_id
+        t0 = time.perf_counter()
+        self.tracker.client.log_inputs(run_id, datasets=dataset_inputs(self.stage_data(run),
+                                                                       run.dataset.spec()))
+        self.record_seconds += time.perf_counter() - t0
         self.buffers[run.key] = EpochBuffer(self.tracker, run_id)
         self.progress.begin(run.name, int(run.run["epochs"]))
         return StageTask(
@@ -396,9 +410,12 @@ class Driver:
             resume_dir=str(resume_dir(self.home, ident)), resume=self.resume,
             checkpoint_every=self.checkpoint_every)
 
+    def stage_data(self, run: StageRun) -> StageData:
+        return self.plan.data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+
     def execute_here(self, task: StageTask) -> StageResult:
         run = self.by_identity[task.identity]
-        data = self.plan.data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+        data = self.stage_data(run)
         buffer = self.buffers[run.key]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -428,6 +445,8 @@ class Driver:
             if not trace.exists():
                 trace.parent.mkdir(parents=True, exist_ok=True)
                 trace.write_text(result.traceback)
+        if result.ok:
+            self.record_model(run, run_id, result)
         self.tracker.finish_child(run_id, result.status, result.summary, result.params,
                                   result.artifact_dir, tags)
         # recorded: an interrupted run's saved epochs are of no more use
@@ -445,6 +464,22 @@ class Driver:
             self.failed[run.key] = result.error or "failed"
             self.outcome.messages.append(f"{run.name}: {result.error}")
             self.progress.done(run.name, "FAILED", result.error or "")
+
+    def record_model(self, run: StageRun, run_id: str, result: StageResult) -> None:
+        """The trained network as the MLflow model ``model`` of the stage run."""
+        checkpoint = Path(result.artifact_dir or "") / CHECKPOINT
+        if self.log_model == "off" or not checkpoint.is_file():
+            return
+        t0 = time.perf_counter()
+        example = self.stage_data(run).main.test.x[:2]
+        source = ModelSource(str(checkpoint), {r: self.source(k) for r, k in run.refs.items()})
+        try:
+            result.params["model_uri"] = log_network(self.plugins, self.tracker.uri, run_id,
+                                                     source, example, self.log_model)
+        except Exception as exc:  # noqa: BLE001  a record MLflow refused; the run itself is fine
+            self.tracker.client.set_tag(run_id, f"{TAG}model_error", f"{type(exc).__name__}: {exc}")
+            self.progress.say(f"{run.name}: the network was not logged as an MLflow model: {exc}")
+        self.record_seconds += time.perf_counter() - t0
 
     def tags(self, run: StageRun) -> dict[str, str]:
         return {

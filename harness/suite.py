@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,13 +377,28 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+class SuiteLoader(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2's booleans: only true and false.
+
+    YAML 1.1 also reads on/off/yes/no as booleans, so an evaluator's ``on: [target, source]``
+    would arrive as the key True, and a data set named ``no`` as False."""
+
+
+SuiteLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError("no such suite file", file=str(path),
                         hint="give the path of a YAML suite, e.g. suites/quickstart.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SuiteLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

@@ -10,10 +10,10 @@ from torch import nn
 
 from harness.api import load_matching
 from harness.engine import StageTask, run_stage
-from harness.train.updates import make_scheduler
 from harness.meters import choose_threads, macs_per_sample
 from harness.plugins import Plugins
 from harness.suite import RUN_DEFAULTS
+from harness.train.updates import make_scheduler
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,10 @@ class Updates:
         # one optimizer and the default step: the plain path, logged as it always was
         self.plain = list(specs) == [DEFAULT_OPTIMIZER] and type(method).step is Method.step
         self.prefix = {n: "" if self.plain else f"{n}_" for n in specs}
+        # the default optimizer holds every trainable parameter: backward into all of them
+        # (the cheapest call); declared optimizers: only into the updated one's parameters, so
+        # that a part kept out of every optimizer never even gets a gradient
+        self.backward_all = type(method).optimizers is Method.optimizers
         self.clip = float(run["grad_clip"]) if run.get("grad_clip") else 0.0
         self.no_autocast = (partial_autocast_off(device.type) if amp else contextlib.nullcontext)
         #: per term: the values of this epoch's updates, and the primary batch size of each
@@ -138,9 +142,9 @@ class Updates:
             total = total + value
         optimizer.zero_grad(set_to_none=True)
         with self.no_autocast():
-            if self.plain:
+            if self.backward_all:
                 total.backward()
-            else:  # only this optimizer's parameters: the others keep their gradients unmade
+            else:
                 torch.autograd.backward(total, inputs=self.params[name])
         prefix, log, sizes = self.prefix[name], self.log, self.sizes
         if self.clip:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import time
 import traceback
@@ -29,6 +30,7 @@ from multiprocessing.connection import wait
 
 from harness.api import StageResult, UserError, hookimpl
 from harness.executors import Executor, Ready, adopt, die_with, driver_context, run_task
+from harness.placement import GPU_ENV
 
 #: how often a worker sends the epochs it finished (the driver's live progress and curves)
 REPORT_SECONDS = 1.0
@@ -44,9 +46,13 @@ def _context():
     return mp.get_context("spawn")
 
 
-def _worker(conn, driver: tuple[int, str]) -> None:
-    """A worker's life: receive (task, context), train, send epochs and the result; repeat."""
+def _worker(conn, driver: tuple[int, str], gpu: str | None = None) -> None:
+    """A worker's life: receive (task, context), train, send epochs and the result; repeat.
+
+    ``gpu``: the one GPU this worker sees, set before anything in it starts CUDA."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if gpu is not None:
+        os.environ[GPU_ENV] = gpu
     die_with(*driver)
     while True:
         try:
@@ -85,9 +91,10 @@ def _worker(conn, driver: tuple[int, str]) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, number: int):
+    def __init__(self, ctx, number: int, slot: int, gpu: str | None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, driver_context()["driver"]),
+        self.slot, self.gpu = slot, gpu
+        self.proc = ctx.Process(target=_worker, args=(child, driver_context()["driver"], gpu),
                                 name=f"harness-worker-{number}")
         self.proc.start()
         child.close()
@@ -139,6 +146,7 @@ class Processes(Executor):
         idle: list[_Worker] = []
         running: dict = {}  # connection or sentinel -> worker
         started = 0
+        free_slots = list(range(self.jobs))  # a dead worker's slot (and GPU) goes to its successor
 
         def dispatch() -> None:
             nonlocal started
@@ -154,7 +162,8 @@ class Processes(Executor):
                     worker = idle.pop()
                 else:
                     started += 1
-                    worker = _Worker(ctx, started)
+                    slot = free_slots.pop(0)
+                    worker = _Worker(ctx, started, slot, self.placement.slot_gpu(slot))
                     workers.append(worker)
                 worker.send(job, task)
                 running[worker.conn] = running[worker.proc.sentinel] = worker
@@ -165,6 +174,8 @@ class Processes(Executor):
             worker.job = worker.task = None
             worker.stop()
             workers.remove(worker)
+            free_slots.append(worker.slot)
+            free_slots.sort()
 
         def done(worker: _Worker, result: StageResult, *, reuse: bool) -> None:
             job = worker.job

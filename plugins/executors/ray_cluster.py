@@ -77,6 +77,7 @@ class RayExecutor(Executor):
         super().__init__(jobs)
         self.address = address
         self.cpus: int | None = None
+        self.cluster_gpus = 0.0
 
     def threads_per_job(self, cores: int) -> int:
         return super().threads_per_job(self.cpus or cores)
@@ -104,7 +105,24 @@ class RayExecutor(Executor):
                                      "for a local Ray") from None
             started = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
+        self.cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
         return ray, started
+
+    def _gpus(self, task) -> float:
+        """The share of a GPU a stage run asks for: none on the CPU, 1 / --runs-per-gpu when it
+        may use CUDA and the cluster has GPUs; a stage run that requires CUDA on a cluster
+        without any is bad input rather than a task that waits forever."""
+        device = str(task.run.get("device", "auto"))
+        if device == "cpu":
+            return 0
+        if not self.cluster_gpus:
+            if device.startswith("cuda"):
+                raise UserError(f"stage run {task.name} asks for device {device!r}, but the Ray "
+                                "cluster has no GPU", key="device",
+                                hint="use `device: auto` (CPU where there is no GPU), or add "
+                                     "GPU nodes to the cluster")
+            return 0
+        return self.placement.share
 
     def run(self, jobs, prepare, execute_here, finish):
         ray, started = self._connect()
@@ -121,8 +139,8 @@ class RayExecutor(Executor):
                     if task is None:
                         ready.done(job.key)
                         continue
-                    ref = remote.options(num_cpus=task.max_threads, max_retries=0).remote(
-                        task, _ship(task), driver_context())
+                    ref = remote.options(num_cpus=task.max_threads, num_gpus=self._gpus(task),
+                                         max_retries=0).remote(task, _ship(task), driver_context())
                     running[ref] = (job, task)
 
             dispatch()

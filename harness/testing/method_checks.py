@@ -1,0 +1,357 @@
+"""The contracts a method plugin must honour, each as a check that trains it on the kit's data.
+
+scikit-learn's ``check_estimator`` is the model: one function per contract, chosen by what the
+plugin declares (streams over an unlabelled split, several optimizers, ``amp_safe``, references
+from other stages), each failing with a message that says what to fix. They train through the
+real engine (``harness.engine.run_stage``), so a method passes exactly when the harness can rely
+on it: the identity of a stage run assumes determinism, ``--resume`` assumes its state is in
+the checkpoint, frozen references must stay frozen, and so on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import engine
+from ..api import DataBundle, Split
+from ..engine import StageTask, run_stage
+from ..errors import UserError
+from ..plugins import Entry, check_options
+from ..suite import RUN_DEFAULTS
+from ..train.build import StageData, build_method
+from ..train.checkpoint import ModelSource, load_method
+from ..train.updates import Updates
+from .tiny import KIT_DATA, KIT_NET, kit_plugins, tiny_data
+
+__all__ = ["CheckFailed", "MethodUnderTest", "METHOD_CHECKS"]
+
+KIT_METHOD = "kit_method_under_test"
+
+
+class CheckFailed(AssertionError):
+    """A plugin broke a contract; the message says which and what to do."""
+
+
+@dataclass
+class MethodUnderTest:
+    """A method class with its options, and what the checks learn about it once built."""
+
+    cls: type
+    options: dict[str, Any] = field(default_factory=dict)
+    #: upstream references the method needs: ref name -> the method spec of its stage
+    refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    name: str | None = None  # the registered name, if it is installed
+    run: dict[str, Any] = field(default_factory=dict)  # run settings beside the kit's
+
+    def __post_init__(self):
+        self.plugins = kit_plugins({"methods": {KIT_METHOD: self.cls}})
+        probe = self.build(self.data(["target"]))
+        streams = probe.streams()
+        self.roles = sorted({s.role for s in streams.values() if s.role} | {"target"})
+        self.unlabelled = any(s.split == "unlabelled" for s in streams.values())
+        self.optimizers = list(probe.optimizers())
+        self.amp_safe = bool(probe.amp_safe)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.cls.__name__
+
+    def data(self, roles=None) -> StageData:
+        """The kit's images for every role; the target role also has an unlabelled split."""
+        bundles = {}
+        for role in roles or self.roles:
+            b = tiny_data()
+            extra = Split(b.test.x.flip(-1), None)  # inputs of the task, without labels
+            bundles[role] = DataBundle(b.train, b.test, b.num_classes, f"{KIT_DATA}-{role}",
+                                       extra={"unlabelled": extra})
+        return StageData(bundles)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": KIT_METHOD, **self.options}
+
+    def build(self, data: StageData):
+        main = data.main
+        upstream = {r: self._ref_method(s, data) for r, s in self.refs.items()}
+        return build_method(self.plugins, self.spec(), {"name": KIT_NET}, data=data,
+                            input_shape=main.input_shape, num_classes=main.num_classes,
+                            stage="kit", seed=0, epochs=2, device=torch.device("cpu"),
+                            upstream=upstream)
+
+    def _ref_method(self, spec, data):
+        main = data.main
+        return build_method(self.plugins, spec, {"name": KIT_NET}, data=data,
+                            input_shape=main.input_shape, num_classes=main.num_classes,
+                            stage="ref", seed=1, epochs=1, device=torch.device("cpu"))
+
+    def task(self, folder: Path, epochs: int = 2, **run) -> StageTask:
+        settings = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 1e-2, "batch_size": 32,
+                    "epochs": epochs, "threads": 1, "device": "cpu", **self.run, **run}
+        refs = self.ref_sources()
+        return StageTask(name="kit", identity="kit", stage="kit", seed=11, dataset={},
+                         architecture={"name": KIT_NET}, method=self.spec(), run=settings,
+                         evaluate=[], config={}, artifact_dir=str(folder / "art"),
+                         data_root=str(folder), refs=refs, resume_dir=str(folder / "resume"),
+                         checkpoint_every=0.0)
+
+    def ref_sources(self) -> dict[str, ModelSource]:
+        """The references' checkpoints, trained once per method under test (before any check
+        watches the engine, so that what a check sees is the method's own training)."""
+        if getattr(self, "_ref_sources", None) is None:
+            folder = Path(tempfile.mkdtemp(prefix="harness-kit-refs-"))
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self._ref_sources = {r: self._train_ref(folder / r, s) for r, s in self.refs.items()}
+        return self._ref_sources
+
+    def _train_ref(self, folder: Path, spec) -> ModelSource:
+        settings = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 1e-2, "batch_size": 32,
+                    "epochs": 1, "threads": 1, "device": "cpu"}
+        task = StageTask(name="ref", identity="ref", stage="ref", seed=5, dataset={},
+                         architecture={"name": KIT_NET}, method=dict(spec), run=settings,
+                         evaluate=[], config={}, artifact_dir=str(folder), data_root=str(folder))
+        result = run_stage(task, self.plugins, data=self.data())
+        if not result.ok:
+            raise CheckFailed(f"the reference {spec} did not train: {result.error}")
+        return ModelSource(str(folder / engine.CHECKPOINT))
+
+    def train(self, folder: Path, epochs: int = 2, on_epoch=None, resume=False, **run):
+        task = self.task(folder, epochs, **run)
+        task.resume = resume
+        result = run_stage(task, self.plugins, data=self.data(), on_epoch=on_epoch)
+        if not result.ok and not resume:
+            raise CheckFailed(f"{self.label} did not train on the kit's data: {result.error}")
+        return result
+
+
+@contextmanager
+def _folder():
+    with tempfile.TemporaryDirectory(prefix="harness-kit-") as d:
+        yield Path(d)
+
+
+def _state(result) -> dict[str, Any]:
+    return torch.load(Path(result.artifact_dir) / engine.CHECKPOINT, weights_only=True)["state_dict"]
+
+
+def _equal(x, y) -> bool:
+    """Bitwise equality of tensors, also inside the dicts and lists of extra state."""
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_equal(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_equal(a, b) for a, b in zip(x, y))
+    return x == y
+
+
+def _same_state(a: dict, b: dict) -> list[str]:
+    """Names whose values differ (extra state compared by value)."""
+    diff = [k for k in a.keys() | b.keys() if k not in a or k not in b]
+    diff += [k for k in a.keys() & b.keys() if not _equal(a[k], b[k])]
+    return sorted(diff)
+
+
+def _losses(result) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k.startswith("loss")} for row in result.history]
+
+
+# -- the checks ------------------------------------------------------------------------------
+def check_options_are_checked(m: MethodUnderTest) -> None:
+    """A misspelled option is refused before anything runs, with the option it meant."""
+    entry = Entry("methods", m.label, m.cls, "kit", "0")
+    check_options(entry, m.options, skip=2)
+    for key in list(m.options) or ["weight"]:
+        wrong = {**m.options, key + "_typo": m.options.get(key, 1)}
+        try:
+            check_options(entry, wrong, skip=2)
+        except UserError as err:
+            if m.options and key not in (err.hint or ""):
+                raise CheckFailed(f"the misspelled option {key}_typo is refused without naming "
+                                  f"{key!r} as a suggestion: {err.hint}") from None
+            continue
+        raise CheckFailed(f"{m.label} accepts the unknown option {key}_typo: give __init__ "
+                          "keyword-only options instead of **kwargs, so that typos are caught")
+
+
+def check_loss_terms(m: MethodUnderTest) -> None:
+    """Every update gets named, finite, scalar terms that require grad, with the same names in
+    every step (the per-epoch log and the report rely on stable names)."""
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    original = Updates.__call__
+
+    def spy(self, name, terms):
+        for k, v in terms.items():
+            if not isinstance(v, torch.Tensor) or v.dim() != 0:
+                raise CheckFailed(f"term {k!r} of update {name!r} is not a scalar tensor")
+            if not v.requires_grad:
+                raise CheckFailed(f"term {k!r} of update {name!r} does not require grad: it "
+                                  "cannot train anything (log it from an evaluator instead)")
+            if not torch.isfinite(v.detach()):
+                raise CheckFailed(f"term {k!r} of update {name!r} is {float(v)} on the kit's data")
+        seen.append((name, tuple(terms)))
+        original(self, name, terms)
+
+    m.ref_sources()
+    with _folder() as folder, _patched(Updates, "__call__", spy):
+        m.train(folder, epochs=1)
+    per_step = {}
+    for name, keys in seen:
+        if per_step.setdefault(name, keys) != keys:
+            raise CheckFailed(f"update {name!r} changed its term names between steps: "
+                              f"{per_step[name]} then {keys}")
+
+
+@contextmanager
+def _patched(owner, attr: str, value):
+    old = getattr(owner, attr)
+    setattr(owner, attr, value)
+    try:
+        yield
+    finally:
+        setattr(owner, attr, old)
+
+
+def check_trains_its_parameters(m: MethodUnderTest) -> None:
+    """After an epoch every parameter of an optimizer moved, and no parameter outside every
+    optimizer received a gradient (a frozen part trained by mistake)."""
+    captured = {}
+    original = Updates.__init__
+
+    def spy(self, method, *a, **kw):
+        original(self, method, *a, **kw)
+        captured["method"], captured["updates"] = method, self
+        captured["before"] = {n: p.detach().clone() for n, p in method.named_parameters()}
+
+    m.ref_sources()
+    with _folder() as folder, _patched(Updates, "__init__", spy):
+        m.train(folder, epochs=1)
+    method, updates = captured["method"], captured["updates"]
+    trained = {id(p) for ps in updates.params.values() for p in ps}
+    still = [n for n, p in method.named_parameters()
+             if id(p) in trained and torch.equal(captured["before"][n], p.detach())]
+    if still:
+        raise CheckFailed(f"parameters in an optimizer did not change in an epoch: {still[:5]} "
+                          "(leave them out of optimizers(), or check that the loss reaches them)")
+    leaked = [n for n, p in method.named_parameters() if id(p) not in trained and p.grad is not None]
+    if leaked:
+        raise CheckFailed(f"parameters outside every optimizer received gradients: {leaked[:5]} "
+                          "(detach what must stay fixed, or set requires_grad_(False))")
+
+
+def check_references_stay_frozen(m: MethodUnderTest) -> None:
+    """The stages a method reads through ``refs:`` are bitwise the same after it trained."""
+    refs = {}
+    original = engine.load_method
+
+    def spy(plugins, source, device):
+        method = original(plugins, source, device)
+        refs[source.checkpoint] = (method, {k: v.clone() for k, v in method.state_dict().items()})
+        return method
+
+    m.ref_sources()
+    with _folder() as folder, _patched(engine, "load_method", spy):
+        m.train(folder, epochs=1)
+    for path, (method, before) in refs.items():
+        changed = _same_state(before, method.state_dict())
+        if changed:
+            raise CheckFailed(f"the frozen reference from {Path(path).parent.name} changed: "
+                              f"{changed[:5]}")
+
+
+def check_determinism(m: MethodUnderTest) -> None:
+    """The same seed gives the same losses and weights (a stage run's identity assumes it)."""
+    with _folder() as a, _folder() as b:
+        ra, rb = m.train(a), m.train(b)
+        if _losses(ra) != _losses(rb):
+            raise CheckFailed("two runs with the same seed gave different losses: draw random "
+                              "numbers from torch's generators (seeded by the engine), not from "
+                              "an unseeded source")
+        diff = _same_state(_state(ra), _state(rb))
+        if diff:
+            raise CheckFailed(f"two runs with the same seed ended with different weights: {diff[:5]}")
+
+
+class _Stop(BaseException):
+    pass
+
+
+def check_resume_equivalence(m: MethodUnderTest) -> None:
+    """2 epochs straight equal 1 epoch, a save, a restore in a new method and 1 more epoch:
+    all state that changes in training is in ``state_dict()`` (buffers, ``get_extra_state``)."""
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise _Stop
+
+    with _folder() as a, _folder() as b:
+        straight = m.train(a)
+        try:
+            m.train(b, on_epoch=stop)
+        except _Stop:
+            pass
+        resumed = m.train(b, resume=True)
+        if not resumed.ok:
+            raise CheckFailed(f"the resumed run failed: {resumed.error}")
+        if _losses(resumed) != _losses(straight):
+            raise CheckFailed("a resumed run's losses differ from an uninterrupted run's: keep "
+                              "Python state that changes in training in get_extra_state()")
+        diff = _same_state(_state(straight), _state(resumed))
+        if diff:
+            raise CheckFailed(f"a resumed run ends with other weights or state: {diff[:5]}")
+
+
+def check_checkpoint_round_trip(m: MethodUnderTest) -> None:
+    """The final checkpoint loads with ``torch.load(weights_only=True)`` and rebuilds a method
+    whose outputs are those of the trained one (what ``from:`` and ``refs:`` rely on)."""
+    with _folder() as folder:
+        result = m.train(folder, epochs=1)
+        path = Path(result.artifact_dir) / engine.CHECKPOINT
+        try:
+            torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001  whatever the unpickler refuses
+            raise CheckFailed(f"the checkpoint does not load with weights_only=True: {exc}; "
+                              "get_extra_state() should return plain values and tensors") from None
+        source = ModelSource(str(path), m.ref_sources())  # rebuilt as downstream stages do
+        rebuilt = load_method(m.plugins, source, torch.device("cpu"))
+        fresh = load_method(m.plugins, source, torch.device("cpu"))
+        x = tiny_data().test.x
+        with torch.no_grad():
+            if not torch.equal(rebuilt(x), fresh(x)):
+                raise CheckFailed("two methods rebuilt from one checkpoint answer differently")
+
+
+def check_unlabelled_streams_need_no_labels(m: MethodUnderTest) -> None:
+    """A stream over the unlabelled split trains without ever reading a label."""
+    with _folder() as folder:
+        m.train(folder, epochs=1)
+
+
+def check_bfloat16_autocast(m: MethodUnderTest) -> None:
+    """``amp_safe = True`` promises the step runs under bfloat16 autocast with finite losses."""
+    with _folder() as folder:
+        task = m.task(folder, epochs=1, amp=True)
+        result = run_stage(task, m.plugins, data=m.data())
+        if not result.ok:
+            raise CheckFailed(f"under bfloat16 autocast the step failed ({result.error}); set "
+                              "amp_safe = False or compute that term outside autocast")
+
+
+#: (check, whether it applies to a method under test)
+METHOD_CHECKS: list[tuple[Callable[[MethodUnderTest], None], Callable[[MethodUnderTest], bool]]] = [
+    (check_options_are_checked, lambda m: True),
+    (check_loss_terms, lambda m: True),
+    (check_trains_its_parameters, lambda m: True),
+    (check_references_stay_frozen, lambda m: bool(m.refs)),
+    (check_determinism, lambda m: True),
+    (check_resume_equivalence, lambda m: True),
+    (check_checkpoint_round_trip, lambda m: True),
+    (check_unlabelled_streams_need_no_labels, lambda m: m.unlabelled),
+    (check_bfloat16_autocast, lambda m: m.amp_safe),
+]

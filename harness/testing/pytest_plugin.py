@@ -1,0 +1,29 @@
+"""The harness's pytest plugin (entry point ``pytest11``): fixtures for a plugin package's tests,
+so that they need no test helpers imported by path.
+
+- ``harness_home``: a fresh harness home (its own MLflow store) for the test, set as
+  ``HARNESS_HOME``, with no outside tracking server;
+- ``run_suite(path, *args)``: ``harness run`` of a suite into that home, returning the exit code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def harness_home(tmp_path, monkeypatch):
+    home = tmp_path / "harness-home"
+    monkeypatch.setenv("HARNESS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+@pytest.fixture
+def run_suite(harness_home):
+    from harness.cli import main
+
+    def run(path, *args) -> int:
+        return main(["run", str(path), "--quiet", "--home", str(harness_home), *map(str, args)])
+
+    return run

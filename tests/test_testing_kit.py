@@ -1,0 +1,102 @@
+"""The conformance kit (harness.testing): every built-in plugin passes it, and each check
+catches the deliberately broken plugin made to break its contract."""
+
+from __future__ import annotations
+
+import pytest
+
+import harness_test_broken as broken
+from harness.plugins import Plugins
+from harness.testing import (CheckFailed, architecture, check_architecture, check_dataset,
+                             check_evaluator, check_method, dataset, evaluator, method,
+                             parametrize_with_checks)
+
+BUILTIN = Plugins()
+
+
+def entry(kind, name):
+    return BUILTIN.get(kind, name).obj
+
+
+@parametrize_with_checks([
+    method(entry("methods", "std")),
+    method(entry("methods", "racecar"), layers=2, weight=0.01),
+    method(entry("methods", "srip"), weight=0.1),
+    method(entry("methods", "aux_heads"), split="4", common_classes=True, classes=2),
+    method(entry("methods", "aux_heads"), split="4", regime="incremental", common_classes=True,
+           classes=2, refs={"a": {"name": "kit_method_under_test", "split": "4",
+                                  "regime": "incremental", "common_classes": True, "classes": 2}}),
+])
+def test_builtin_methods_pass_the_kit(plugin, check, one_thread):
+    check(plugin)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k", "ib12", "ib12_flipped", "mnist5k_blur"])
+def test_builtin_datasets_pass_the_kit(name):
+    assert set(check_dataset(entry("datasets", name)).values()) == {None}
+
+
+@pytest.mark.parametrize("name, shapes", [("small_cnn", [(1, 8, 8)]), ("mnist_cnn", [(1, 28, 28)]),
+                                          ("mi_mlp", [(12,)]), ("resnet_small", [(1, 8, 8), (3, 32, 32)])])
+def test_builtin_architectures_pass_the_kit(name, shapes):
+    assert set(check_architecture(entry("architectures", name), shapes=shapes).values()) == {None}
+
+
+@pytest.mark.parametrize("name, method", [
+    ("accuracy", None), ("reconstruction", None), ("mi_plane", None),
+    ("head_swap", {"name": "aux_heads", "split": "4"}),
+    ("feature_correlation", {"name": "aux_heads", "split": "4"})])
+def test_builtin_evaluators_pass_the_kit(name, method):
+    assert set(check_evaluator(entry("evaluators", name), method=method).values()) == {None}
+
+
+@pytest.mark.parametrize("cls, check, options", [
+    (broken.TakesAnything, "check_options_are_checked", {}),
+    (broken.DetachedTerm, "check_loss_terms", {}),
+    (broken.ChangingNames, "check_loss_terms", {}),
+    (broken.DeadHead, "check_trains_its_parameters", {}),
+    (broken.LeakyFreeze, "check_trains_its_parameters", {}),
+    (broken.Clock, "check_determinism", {}),
+    (broken.Forgetful, "check_resume_equivalence", {}),
+    (broken.Unpicklable, "check_checkpoint_round_trip", {}),
+    (broken.LabelReader, "check_unlabelled_streams_need_no_labels", {}),
+    (broken.NotBfloat16, "check_bfloat16_autocast", {}),
+])
+def test_each_method_check_catches_its_broken_plugin(cls, check, options, one_thread):
+    with pytest.warns(UserWarning, match=check):
+        outcome = check_method(cls, options, on_fail="warn")
+    assert outcome[check] is not None
+
+
+def test_reference_check_catches_a_method_that_moves_its_teacher(one_thread):
+    with pytest.raises(CheckFailed, match="check_references_stay_frozen"):
+        check_method(broken.TouchesReference, refs={"teacher": {"name": "std"}})
+
+
+def test_component_checks_catch_their_broken_plugins():
+    with pytest.raises(CheckFailed, match="check_dataset_is_deterministic"):
+        check_dataset(broken.shuffled_data)
+    with pytest.raises(CheckFailed, match="check_architecture_fits"):
+        check_architecture(broken.wrong_width)
+    with pytest.raises(CheckFailed, match="check_evaluator_returns_finite_floats"):
+        check_evaluator(broken.NaNEvaluator)
+
+
+def test_expected_failures_are_reported_not_raised(one_thread):
+    outcome = check_method(broken.Clock, expected_failed_checks={
+        "check_determinism": "clock", "check_resume_equivalence": "clock"})
+    assert outcome["check_determinism"] == "expected: clock"
+    assert outcome["check_loss_terms"] is None
+
+
+@parametrize_with_checks([method(broken.Forgetful, expected_failed_checks={
+    "check_resume_equivalence": "its counter is not checkpointed"})])
+def test_parametrize_ids_and_xfail(plugin, check, request, one_thread):
+    assert request.node.callspec.id.startswith("Forgetful-check_")
+    check(plugin)
+
+
+def test_unused_kinds_are_not_mixed_up():
+    assert dataset(broken.shuffled_data).kind == "dataset"
+    assert architecture(broken.wrong_width).kind == "architecture"
+    assert evaluator(broken.NaNEvaluator).kind == "evaluator"
