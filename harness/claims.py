@@ -3,13 +3,16 @@
 Grammar (one claim per string, whitespace between the parts)::
 
     claim  :=  SIDE OP SIDE  [ "on" METRIC ]  [ "within" MARGIN ]
-    SIDE   :=  STAGE "." LABEL          # a stage of the setting and a row label of that stage
+    SIDE   :=  ROW  |  "(" ROW " - " ROW ")"     # a row, or the difference of two rows
+    ROW    :=  STAGE "." LABEL          # a stage of the setting and a row label of that stage
     OP     :=  ">"  |  ">="  |  "<"  |  "<="
     MARGIN :=  a number (absolute, in the metric's units)  |  a number followed by "%"
                (relative to the mean of the side written on the right)
 
 Examples: ``AB.RR6 > AB.std``, ``AB.RR6 >= B.std within 0.02``, ``A.RR6 > A.std on
-seconds_per_epoch``. The row label is the grid method label the tables use: ``AB.RR6`` is phase II
+seconds_per_epoch``, ``(mix.NN - mix.RN) > (mnist.NN - mnist.RN) on test_err`` (a gain larger
+on one data set than on another: each side is the per-replicate difference of its two rows, so
+both sides are paired over the suite's seeds like any other). The row label is the grid method label the tables use: ``AB.RR6`` is phase II
 of the RR6 cell even though AB itself trains with std. ``METRIC`` is a stage run's final metric,
 with or without its ``final_`` prefix (default ``final_test_acc``).
 
@@ -48,8 +51,9 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
 
+_SIDE = r"\([^()<>=]+\)|[^\s<>=]+"
 _CLAIM = re.compile(
-    r"^\s*(?P<left>[^\s<>=]+)\s*(?P<op>>=|<=|>|<)\s*(?P<right>[^\s<>=]+?)"
+    rf"^\s*(?P<left>{_SIDE})\s*(?P<op>>=|<=|>|<)\s*(?P<right>{_SIDE}?)"
     r"(?:\s+on\s+(?P<metric>[A-Za-z0-9_./-]+))?"
     r"(?:\s+within\s+(?P<margin>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(?P<pct>%)?)?\s*$")
 _HINT = 'write e.g. "AB.RR6 > AB.std", "AB.RR6 >= B.std within 0.02" or "AA.RR6 > AA.std on test_acc"'
@@ -65,13 +69,38 @@ class Side:
 
 
 @dataclass(frozen=True)
+class Diff:
+    """The per-replicate difference of two rows, ``(a - b)``."""
+
+    a: Side
+    b: Side
+
+    def __str__(self) -> str:
+        return f"({self.a} - {self.b})"
+
+
+def rows_of(side: Side | Diff) -> tuple[Side, ...]:
+    """The rows a side reads."""
+    return (side.a, side.b) if isinstance(side, Diff) else (side,)
+
+
+def side_values(side: Side | Diff, values, metric: str) -> dict[int, float]:
+    """replicate -> the side's value, from ``values(stage, label, metric)`` (replicate -> value);
+    a difference only where both of its rows have the replicate."""
+    if not isinstance(side, Diff):
+        return values(side.stage, side.label, metric)
+    a, b = values(side.a.stage, side.a.label, metric), values(side.b.stage, side.b.label, metric)
+    return {r: a[r] - b[r] for r in a if r in b and a[r] is not None and b[r] is not None}
+
+
+@dataclass(frozen=True)
 class Claim:
     """A parsed claim; ``text`` is what the suite wrote."""
 
     text: str
-    left: Side
+    left: Side | Diff
     op: str
-    right: Side
+    right: Side | Diff
     metric: str = DEFAULT_METRIC
     margin: float = DEFAULT_MARGIN
     relative: bool = False  # margin is a fraction of the right side's mean
@@ -97,6 +126,16 @@ def _split_side(token: str, stages: Sequence[str] | None) -> Side | None:
     return Side(stage, label) if stage and label else None
 
 
+def _parse_side(token: str, stages: Sequence[str] | None) -> Side | Diff | None:
+    if not token.startswith("("):
+        return _split_side(token, stages)
+    parts = token[1:-1].strip().split(" - ")
+    if len(parts) != 2:
+        return None
+    a, b = (_split_side(p.strip(), stages) for p in parts)
+    return Diff(a, b) if a is not None and b is not None else None
+
+
 def parse(text: Any, *, stages: Sequence[str] | None = None) -> Claim:
     """Parse one claim; raises UserError (without file/key: the caller adds them)."""
     if not isinstance(text, str):
@@ -104,10 +143,11 @@ def parse(text: Any, *, stages: Sequence[str] | None = None) -> Claim:
     m = _CLAIM.match(text)
     if not m:
         raise UserError(f"cannot read claim {text!r}", hint=_HINT)
-    left, right = _split_side(m["left"], stages), _split_side(m["right"], stages)
+    left, right = _parse_side(m["left"], stages), _parse_side(m["right"], stages)
     for token, side in ((m["left"], left), (m["right"], right)):
         if side is None:
-            raise UserError(f"claim {text!r}: {token!r} is not STAGE.LABEL", hint=_HINT)
+            raise UserError(f"claim {text!r}: {token!r} is not STAGE.LABEL or "
+                            "(STAGE.LABEL - STAGE.LABEL)", hint=_HINT)
     metric = m["metric"] or DEFAULT_METRIC
     if not metric.startswith("final_"):
         metric = "final_" + metric
@@ -155,7 +195,7 @@ def check_setting(setting, *, file: str, prefix: str = "") -> list[Claim]:
             claim = parse(text, stages=list(rows))
         except UserError as err:
             raise err.located(file=file, key=key) from None
-        for side in (claim.left, claim.right):
+        for side in rows_of(claim.left) + rows_of(claim.right):
             if side.stage not in rows:
                 raise UserError(f"claim {text!r} names no stage of this setting: {side.stage!r}",
                                 file=file, key=key, hint=suggest(side.stage, rows))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import (Claim, Reference, Verdict, check_setting, evaluate, parse_reference,
-                     stage_rows)
+                     side_values, stage_rows)
 from .report_budget import PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines
 from .report_folder import ReportFolder
 from .report_spec import Sweep
@@ -253,8 +253,8 @@ def collect(suite: Suite, runs: list[StageRun], identities: dict[tuple, str], st
             ident = identities[run.key]
             planned.append(_match(run, ident, by_identity.get(ident, [])))
         data = SettingData(setting, rows, planned, claims, refs)
-        data.verdicts = [evaluate(c, data.values(c.left.stage, c.left.label, c.metric),
-                                  data.values(c.right.stage, c.right.label, c.metric),
+        data.verdicts = [evaluate(c, side_values(c.left, data.values, c.metric),
+                                  side_values(c.right, data.values, c.metric),
                                   setting=setting.name) for c in claims]
         settings.append(data)
     stale = len({r.identity for r in records if r.status == "FINISHED" and r.identity not in planned_ids})

@@ -215,3 +215,41 @@ def test_less_than_swaps_the_sides_and_relative_margin_scales():
     v = evaluate(parse("A.std >= A.RR6 on seconds_per_epoch within 10%"),
                  seeds([1.0, 1.1, 0.9]), seeds([1.6, 1.7, 1.62]))
     assert v.margin == pytest.approx(0.164) and v.verdict == NOT_REPRODUCED
+
+
+# ------------------------------------------------------------------------------------------------
+# differences of rows: "the gain is larger here than there"
+# ------------------------------------------------------------------------------------------------
+def test_a_side_may_be_the_difference_of_two_rows():
+    from harness.claims import Diff, Side, side_values
+
+    c = parse("(mix.NN - mix.RN) > (mnist.NN - mnist.RN) on test_err within 1")
+    assert c.left == Diff(Side("mix", "NN"), Side("mix", "RN"))
+    assert c.right == Diff(Side("mnist", "NN"), Side("mnist", "RN"))
+    assert (c.metric, c.margin) == ("final_test_err", 1.0)
+    assert parse("(A.a - A.b) >= B.c").right == Side("B", "c")
+    table = {("mix", "NN"): {0: 50.0, 1: 52.0, 2: 51.0}, ("mix", "RN"): {0: 44.0, 1: 45.0, 2: 44.5},
+             ("mnist", "NN"): {0: 5.0, 1: 5.5, 2: 5.2}, ("mnist", "RN"): {0: 4.8, 1: 5.4, 3: 9.9}}
+    values = lambda stage, label, metric: table[stage, label]  # noqa: E731
+    assert side_values(c.left, values, "final_test_err") == {0: 6.0, 1: 7.0, 2: 6.5}
+    # a difference exists only for the replicates both rows have
+    assert side_values(c.right, values, "final_test_err") == pytest.approx({0: 0.2, 1: 0.1})
+    v = evaluate(c, side_values(c.left, values, c.metric), side_values(c.right, values, c.metric))
+    assert v.verdict == REPRODUCED and v.test.kind == "welch"   # replicates {0,1,2} vs {0,1}
+    flat = {k: {0: 1.0, 1: 2.0, 2: 3.0} for k in table}
+    same = lambda stage, label, metric: flat[stage, label]  # noqa: E731
+    v = evaluate(c, side_values(c.left, same, c.metric), side_values(c.right, same, c.metric))
+    assert v.verdict != REPRODUCED  # no gain on either side
+
+
+@pytest.mark.parametrize("text", ["(A.a - ) > B.b", "(A.a + A.b) > B.b", "(A.a - A.b - A.c) > B.b"])
+def test_malformed_differences_are_refused(text):
+    with pytest.raises(UserError):
+        parse(text)
+
+
+def test_difference_claims_are_checked_against_the_rows(write_suite):
+    ok = '["(AB.RR6 - AB.std) > (AA.RR6 - AA.std)"]'
+    load_suite(write_suite(suite_text(claims=ok)))
+    with pytest.raises(UserError, match="no row 'RR7'"):
+        load_suite(write_suite(suite_text(claims='["(AB.RR7 - AB.std) > AA.std"]')))

@@ -1,10 +1,12 @@
-"""Top-1 accuracy (and top-5 where there are at least 10 classes) on the train and test splits."""
+"""Top-1 accuracy (and top-5 where there are at least 10 classes) on the train and test splits;
+with ``errors: true`` also the top-1 error rate in percent (``test_err``), the number papers such
+as 002 report, so a suite's claims and references can use it directly."""
 
 from __future__ import annotations
 
 import torch
 
-from harness.api import Evaluator, hookimpl
+from harness.api import Evaluator, UserError, hookimpl
 
 
 @torch.no_grad()
@@ -24,12 +26,16 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 
 class Accuracy(Evaluator):
-    """``test_acc`` and ``train_acc`` (top-1); ``test_top5`` where there are >= 10 classes."""
+    """``test_acc`` and ``train_acc`` (top-1); ``test_top5`` where there are >= 10 classes;
+    ``test_err`` / ``train_err`` (100 * (1 - top-1), percent) with ``errors``."""
 
     every = 1
 
-    def __init__(self, *, splits=("test", "train")):
+    def __init__(self, *, splits=("test", "train"), errors: bool = False):
+        if not isinstance(errors, bool):
+            raise UserError(f"errors must be true or false, got {errors!r}", key="errors")
         self.splits = tuple(splits)
+        self.errors = errors
 
     def evaluate(self, method, ctx):
         out = {}
@@ -37,6 +43,8 @@ class Accuracy(Evaluator):
             split = getattr(ctx.data, split_name)
             logits = predict(method, split.x, ctx.batch_size)
             out[f"{split_name}_acc"] = topk_accuracy(logits, split.y, 1)
+            if self.errors:
+                out[f"{split_name}_err"] = 100.0 * (1.0 - out[f"{split_name}_acc"])
             if ctx.data.num_classes >= 10 and split_name == "test":
                 out[f"{split_name}_top5"] = topk_accuracy(logits, split.y, 5)
         return out

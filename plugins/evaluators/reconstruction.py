@@ -3,7 +3,7 @@
 The paper's point is that a racecar-trained network keeps the input's information in its
 features, while a plainly trained (or orthogonality-trained) one discards it, so the same
 reverse construction largely fails on it. The measure therefore has to work for *any* model:
-it builds the racecar reverse pass (``plugins.methods.racecar.ReversePass``) from the model's
+it builds the racecar reverse pass (``plugins.reverse.ReverseNet``, racecar's parameters) from the model's
 declared trunk, whatever method trained it. A racecar method is measured with its own reverse
 pass (its constrained depth, start and input batch norm) unless ``layers`` is given; any other
 method with the whole trunk.
@@ -15,6 +15,11 @@ the split (top row) and their regenerations (bottom row) goes to
 ``reconstruction/epoch<NNNNN>.png`` under the artifact folder; regenerations are clipped to the
 originals' value range for display only. ``limit`` caps the samples measured (evenly spaced
 over the split).
+
+``rule: rnl`` measures paper 002's reverse instead (its Fig. 2: a plainly trained network cannot
+regenerate its input, a reversibly trained one can): the whole network run back from its softmax
+output with the previous layer's bias (``plugins.methods.rnl.output_reverse``), for any model;
+an ``rnl`` method is measured with its own reverse. Only ``recon_mse`` then.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from harness.api import Evaluator, UserError, hookimpl
+from harness.api import Evaluator, UserError, check_choice, hookimpl
 
-from ..methods.racecar import STARTS, Racecar, ReversePass
+from ..methods.racecar import STARTS, Racecar
+from ..methods.rnl import RNL, output_reverse, reconstruct
+from ..reverse import ReverseNet
+
+RULES = ("racecar", "rnl")
 
 __all__ = ["Reconstruction", "save_grid"]
 
@@ -65,7 +75,9 @@ class Reconstruction(Evaluator):
 
     def __init__(self, *, split: str = "test", layers: int | None = None, start: str | None = None,
                  network: str = "model", images: int = 8, limit: int | None = 2000,
-                 trunk=None):
+                 trunk=None, rule: str = "racecar"):
+        check_choice(rule, "rule", RULES, hint="racecar (paper 000's reverse) or rnl (paper 002's, "
+                                               "from the softmax output)")
         if split not in ("test", "train"):
             raise UserError(f"unknown split {split!r}", key="split", hint="test or train")
         if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)
@@ -80,24 +92,40 @@ class Reconstruction(Evaluator):
                             key="limit")
         self.split, self.layers, self.start = split, layers, start
         self.network, self.images, self.limit, self.trunk = network, images, limit, trunk
-        self._reverse: ReversePass | None = None  # built once per model, for non-racecar methods
+        self.rule = rule
+        self._reverse: ReverseNet | None = None  # built once per model, for non-racecar methods
 
     def __getstate__(self):
         # the cached reverse pass references a model: rebuilt on demand, never pickled with us
         return {**self.__dict__, "_reverse": None}
 
-    def _reverse_pass(self, method, model) -> tuple[ReversePass, int, str]:
+    def _reverse_pass(self, method, model) -> tuple[ReverseNet, int, str]:
         own = getattr(method, "reverse", None)
-        if isinstance(method, Racecar) and isinstance(own, ReversePass) and own.model is model \
+        if self.rule == "rnl":
+            if isinstance(method, RNL) and own.model is model and self.trunk is None:
+                return own, 1, "rnl"
+            if self._reverse is None or self._reverse.model is not model:
+                device = next((p.device for p in model.parameters()), torch.device("cpu"))
+                self._reverse = output_reverse(model, trunk=self.trunk).to(device)
+            return self._reverse, 1, "rnl"
+        if isinstance(method, Racecar) and isinstance(own, ReverseNet) and own.model is model \
                 and self.trunk is None:
             layers = self.layers if self.layers is not None else method.layers
             return own, layers, self.start or method.start
         if self._reverse is None or self._reverse.model is not model:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            self._reverse = ReversePass(model, trunk=self.trunk).to(device)
+            self._reverse = ReverseNet(model, trunk=self.trunk).to(device)
         depth = self._reverse.depth
         return self._reverse, self.layers if self.layers is not None else depth, \
             self.start or "constrained"
+
+    @staticmethod
+    def _regenerate(reverse: ReverseNet, xb: torch.Tensor, layers: int, start: str):
+        """(I', [L_1..], [L'_1..]) by racecar's reverse, or (x_bar, [], []) by paper 002's."""
+        if start != "rnl":
+            return reverse.regenerate_input(xb, layers, start)
+        cap = reverse.capture(xb)
+        return reconstruct(reverse, cap, F.softmax(cap.output, dim=1)), [], []
 
     @torch.no_grad()
     def evaluate(self, method, ctx):
@@ -124,7 +152,7 @@ class Reconstruction(Evaluator):
             counts = [0] * layers
             for i in range(0, len(x), ctx.batch_size):
                 xb = x[i:i + ctx.batch_size]
-                image, inputs, regenerated = reverse.regenerate_input(xb, layers, start)
+                image, inputs, regenerated = self._regenerate(reverse, xb, layers, start)
                 sums[0] += float((image - xb).pow(2).sum())
                 counts[0] += xb.numel()
                 for m in range(1, layers):
@@ -138,7 +166,8 @@ class Reconstruction(Evaluator):
         if shown and x.ndim == 4 and x.shape[1] in (1, 3):
             save_grid(x[shown], torch.stack([kept[j] for j in shown]),
                       Path(ctx.artifact_dir) / "reconstruction" / f"epoch{ctx.epoch:05d}.png",
-                      f"epoch {ctx.epoch}: regenerated through {layers} layer(s), "
+                      f"epoch {ctx.epoch}: regenerated through "
+                      f"{'the whole network (paper 002)' if start == 'rnl' else f'{layers} layer(s)'}, "
                       f"MSE {out['recon_mse']:.4g}")
         return out
 
