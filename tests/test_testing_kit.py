@@ -23,6 +23,7 @@ def entry(kind, name):
     method(entry("methods", "racecar"), layers=2, weight=0.01),
     method(entry("methods", "srip"), weight=0.1),
     method(entry("methods", "spline_inversion"), alpha=0.5, beta=0.5),
+    method(entry("methods", "rnl"), reduction="mean"),
     method(entry("methods", "aux_heads"), split="4", common_classes=True, classes=2),
     method(entry("methods", "aux_heads"), split="4", regime="incremental", common_classes=True,
            classes=2, refs={"a": {"name": "kit_method_under_test", "split": "4",
