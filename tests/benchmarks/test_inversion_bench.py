@@ -23,6 +23,7 @@ from harness.engine import make_optimizer
 from harness.meters import PeakMemory
 from plugins.architectures.inversion_nets import inv_small_cnn
 from plugins.methods.spline_inversion import SplineInversion
+from saved_memory import saved_tensor_bytes
 
 SHAPE = (1, 28, 28)
 HALF = 64
@@ -71,16 +72,7 @@ def flops(kind: str) -> int:
 def saved_bytes(kind: str) -> int:
     """Bytes of the tensors autograd saves in one loss evaluation (the VJP's included)."""
     loss, _ = build(kind)
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss()
-    return total
+    return saved_tensor_bytes(loss)
 
 
 def peak_rss_mb(kind: str, steps: int = 5) -> float:

@@ -21,6 +21,7 @@ from harness.meters import PeakMemory
 from plugins.architectures.small import mnist_cnn
 from plugins.methods.racecar import Racecar
 from plugins.methods.std import Std
+from saved_memory import saved_tensor_bytes
 
 SHAPE = (1, 28, 28)
 BATCH = 64
@@ -68,16 +69,7 @@ def saved_bytes(kind: str) -> int:
     """Bytes of the tensors autograd saves for backward in one loss evaluation: the activation
     memory a step holds at its peak, independent of the allocator."""
     method, batch, _ = build(kind)
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sum(method.loss(batch).values())
-    return total
+    return saved_tensor_bytes(lambda: sum(method.loss(batch).values()))
 
 
 def peak_rss_mb(kind: str, steps: int = 5) -> float:

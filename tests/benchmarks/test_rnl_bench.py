@@ -28,6 +28,7 @@ from harness.meters import PeakMemory
 from plugins.architectures.reversible import rnl_nn, rnl_small
 from plugins.methods.rnl import RNL
 from plugins.methods.std import Std
+from saved_memory import saved_tensor_bytes
 
 BATCH = 128
 NETWORKS = {"rnl_small": (rnl_small, (1, 28, 28), 20, 15),   # factory, input, classes, rounds
@@ -60,16 +61,7 @@ def build(kind: str, net: str):
 def saved_bytes(kind: str, net: str) -> int:
     """Bytes of the tensors autograd saves for backward in one loss evaluation."""
     method, batch, _ = build(kind, net)
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sum(method.loss(batch).values())
-    return total
+    return saved_tensor_bytes(lambda: sum(method.loss(batch).values()))
 
 
 def cost(kind: str, net: str, _cache={}) -> dict[str, float]:  # noqa: B006 (a cache on purpose)
