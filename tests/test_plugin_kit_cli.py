@@ -4,6 +4,7 @@ through parametrize_with_checks, the pytest plugin's fixtures), its suite, ``har
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def install(package: Path, target: Path) -> dict:
     """Install ``package`` (no dependencies: harness is here) into ``target``; return an
     environment that finds it, as an installed package is found (entry points included)."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(package)],
+    # without build isolation where setuptools is at hand (no download); else pip fetches it
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
+                    "--target", str(target), str(package)],
                    check=True, capture_output=True, timeout=300)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
