@@ -22,7 +22,7 @@ import torch
 from harness.api import Evaluator, UserError, check_choice, hookimpl
 
 from ..methods.spline_inversion import invert, squared_error
-from .reconstruction import save_grid
+from .reconstruction import network_of, save_grid
 
 __all__ = ["InversionReconstruction"]
 
@@ -50,11 +50,7 @@ class InversionReconstruction(Evaluator):
         self.pixels = check_choice(pixels, "pixels", ("mean", "sum"))
 
     def evaluate(self, method, ctx):
-        nets = method.networks()
-        if self.network not in nets:
-            raise UserError(f"method has no network {self.network!r}", key="network",
-                            hint=f"one of {', '.join(nets)}")
-        model = nets[self.network]
+        model = network_of(method, self.network)
         x = getattr(ctx.data, self.split).x
         if self.limit is not None and len(x) > self.limit:
             x = x[torch.linspace(0, len(x) - 1, self.limit).round().long()]

@@ -68,6 +68,16 @@ def save_grid(originals: torch.Tensor, regenerated: torch.Tensor, path: Path, ti
     plt.close(fig)
 
 
+
+def network_of(method, name: str):
+    """The method's network an evaluator was asked to measure (``network:``), or a UserError
+    naming the networks it has."""
+    nets = method.networks()
+    if name not in nets:
+        raise UserError(f"method has no network {name!r}", key="network",
+                        hint=f"one of {', '.join(nets)}")
+    return nets[name]
+
 class Reconstruction(Evaluator):
     """Input regenerated through the reverse pass vs the input (MSE), plus an image grid."""
 
@@ -129,11 +139,7 @@ class Reconstruction(Evaluator):
 
     @torch.no_grad()
     def evaluate(self, method, ctx):
-        nets = method.networks()
-        if self.network not in nets:
-            raise UserError(f"method has no network {self.network!r}", key="network",
-                            hint=f"one of {', '.join(nets)}")
-        model = nets[self.network]
+        model = network_of(method, self.network)
         reverse, layers, start = self._reverse_pass(method, model)
         if layers > reverse.depth:
             raise UserError(f"layers {layers} is deeper than the trunk ({reverse.depth} layers)",
