@@ -40,6 +40,7 @@ class _Stream:
         self.cursor = 0
         self.seen = 0
         self.passes = 0
+        self.size = 0  # the number of samples of the last batch
 
     @property
     def steps_per_pass(self) -> int:
@@ -54,11 +55,12 @@ class _Stream:
         if self.perm is None or self.cursor >= self.n:
             self._new_pass()
         lo = self.cursor
-        idx = self.perm[lo:lo + self.batch_size]
-        self.cursor = lo + len(idx)
+        size = min(self.batch_size, self.n - lo)  # ints, not len(idx): a tensor's len is slower
+        idx = self.perm[lo:lo + size]
+        self.cursor = lo + size
         if self.exact:
             pieces = [idx]
-            missing = self.batch_size - len(idx)
+            missing = self.batch_size - size
             while missing > 0:
                 self._new_pass()
                 piece = self.perm[:missing]
@@ -67,7 +69,9 @@ class _Stream:
                 missing -= len(piece)
             if len(pieces) > 1:
                 idx = torch.cat(pieces)
-        self.seen += len(idx)
+                size = self.batch_size
+        self.seen += size
+        self.size = size
         return idx
 
     def batch(self) -> Batch:
