@@ -28,13 +28,9 @@ EXIT_INTERRUPTED = 130
 def _parser() -> argparse.ArgumentParser:
     """Built once per process (a parse does not change it): tests call ``main`` thousands of
     times."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="harness home folder holding the MLflow store "
-                                       "(default: $HARNESS_HOME or ./.harness)")
-    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="also load this plugin module (repeatable)")
+    top, common = _common_options(""), _common_options("sub_")
     p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0],
-                                parents=[common])
+                                parents=[top])
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub, common)
 
@@ -80,6 +76,33 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", parents=[common], help="open the MLflow UI on this store (loopback)")
     ui.add_argument("--port", type=int, default=5000)
     return p
+
+
+def _common_options(prefix: str) -> argparse.ArgumentParser:
+    """``--home`` and ``--plugin``, accepted before the command and after it.
+
+    The command's copies store under other names and default to nothing: argparse copies a
+    subcommand's namespace over the main one, so shared names would reset ``harness --home X
+    run`` to the default home (``merge_common_options`` joins the two)."""
+    common = argparse.ArgumentParser(add_help=False)
+    sub = argparse.SUPPRESS if prefix else None
+    common.add_argument("--home", dest=prefix + "home", default=sub,
+                        help="harness home folder holding the MLflow store "
+                             "(default: $HARNESS_HOME or ./.harness)")
+    common.add_argument("--plugin", dest=prefix + "plugin", action="append",
+                        default=sub if prefix else [], metavar="MODULE",
+                        help="also load this plugin module (repeatable)")
+    return common
+
+
+def merge_common_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The command's ``--home`` wins over one given before the command; plugins add up."""
+    if getattr(args, "sub_home", None) is not None:
+        args.home = args.sub_home
+    args.plugin = list(args.plugin) + list(getattr(args, "sub_plugin", []))
+    for name in ("sub_home", "sub_plugin"):
+        args.__dict__.pop(name, None)
+    return args
 
 
 def _run_parser(sub, common) -> None:
@@ -129,7 +152,7 @@ def printable(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = merge_common_options(_parser().parse_args(argv))
     try:
         return _dispatch(args, argv)
     except UserError as err:

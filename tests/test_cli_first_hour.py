@@ -223,3 +223,24 @@ def test_plan_says_unknown_not_zero_seconds(write_suite, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "estimated time: unknown" in out and " 0 s" not in out
     assert "unknown" in out.splitlines()[2]  # each stage run's estimate
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before-the-command", "after-it"])
+def test_home_and_plugin_count_before_the_command_too(before, write_suite, tmp_path, capsys,
+                                                      monkeypatch):
+    """`harness --home X run` once used ./.harness: argparse copied the command's own (empty)
+    --home over the one given before the command, and dropped the plugins given there."""
+    suite = write_suite(TINY.replace("epochs: 2", "epochs: 1").replace(
+        "[std, {name: racecar, layers: 1, weight: 1.0e-2, label: RR1}]", "[std]").split("  AB:")[0])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "harness_test_extra.py").write_text(
+        "from harness.api import hookimpl\nfrom plugins.methods.std import Std\n\n"
+        "@hookimpl\ndef harness_register_methods(register):\n    register('extra_std', Std)\n")
+    home = seed_store(tmp_path / "elsewhere")
+    opts = ["--home", str(home), "--plugin", "harness_test_extra"]
+    argv = [*opts, "list", "methods"] if before else ["list", "methods", *opts]
+    assert main(argv) == 0
+    assert "extra_std" in capsys.readouterr().out
+    argv = [*opts, "run", str(suite)] if before else ["run", str(suite), *opts]
+    assert main(argv) == 0
+    assert (home / "artifacts").is_dir() and not (tmp_path / ".harness").exists()
