@@ -65,7 +65,8 @@ class EpochLoop:
         method, updates = self.method, self.updates
         metrics: dict[str, float] = {"epoch": epoch + 1, **updates.lrs()}
         metrics.update(method.epoch_started(epoch) or {})
-        method.train()
+        if not all(m.training for m in method.modules()):  # train() costs setattr per module
+            method.train()
         hook = method.step_finished if type(method).step_finished is not Method.step_finished else None
         steps = self._plain_steps if self._plain else self._steps
         t0 = time.perf_counter()
@@ -111,8 +112,11 @@ class EpochLoop:
         for _ in range(self.streams.steps):
             batch = stream.batch()
             update.batch_size = stream.size
-            with autocast():
+            if not update.amp:  # not even an empty context
                 update(DEFAULT_OPTIMIZER, loss(batch))
+            else:
+                with autocast():
+                    update(DEFAULT_OPTIMIZER, loss(batch))
             if hook is not None:
                 hook(step)
             step += 1
