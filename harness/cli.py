@@ -91,10 +91,10 @@ def _run_parser(sub, common) -> None:
     run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
     run.add_argument("--executor", default=None,
-                     help="where stage runs execute: inline, processes, ray (default: inline, or "
-                          "processes when -j is over 1)")
+                     help="where stage runs execute (`harness list executors`; default: the "
+                          "plugins' choice for one job at a time, and for several with -j N)")
     run.add_argument("-j", "--jobs", type=int, default=None,
-                     help="parallel stage runs (default: 1 inline, else the number of cores)")
+                     help="parallel stage runs (default: 1 with the one-job executor, else the cores)")
     run.add_argument("--log-model", default=None,
                      choices=("pickle", "pt2", "off"),
                      help="how each trained network is logged as an MLflow model (default "
@@ -249,9 +249,15 @@ def _check_plugins(args, plugins) -> int:
 
 
 def _new(args) -> int:
+    from .plugins import load
     from .scaffold import scaffold  # only `harness new` needs the templates
+    from .suite import SuiteDefaults
 
-    root = scaffold(args.kind, args.name, Path(args.dir))
+    around = SuiteDefaults.of(load()).scaffold  # the installed plugins the new one is put among
+    if not around:
+        raise UserError("no plugin says which plugins a new plugin's suite runs with",
+                        hint="install the built-in plugins (harness_suite_defaults: scaffold)")
+    root = scaffold(args.kind, args.name, Path(args.dir), around)
     print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
           f"harness run {root}/suites/{args.name}.yaml")
     return 0

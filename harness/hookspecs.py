@@ -70,7 +70,10 @@ def harness_suite_defaults():
       headline metric of every table, claim and reference (``report: {baseline:, metric:}``);
     - ``metric_titles``: ``{metric: words}``, how the report's headings name a headline metric;
     - ``executors``: ``{"one": name, "several": name}``, what ``harness run`` uses without
-      ``--executor`` for one job at a time and for several.
+      ``--executor`` for one job at a time and for several;
+    - ``scaffold``: the plugins the suite ``harness new`` writes puts a new plugin among
+      (``baseline``, ``dataset``, ``dataset_note``, ``architecture``, ``vector_architecture``,
+      ``evaluator``, ``metric``; see ``harness.scaffold.scaffold``).
 
     The core names no plugin, so these come from plugins (the built-ins' are
     ``plugins/defaults.py``); where several answer, the plugin registered last wins, key by key.

@@ -4,7 +4,8 @@ The core knows no evaluator, method or metric by name, so a setting without ``ev
 without ``report: {baseline: ..., metric: ...}``, takes what the ``harness_suite_defaults``
 hook answers (the built-in plugins answer with the harness's long-standing choices; see
 ``plugins/defaults.py``). The same hook names the metrics the report's headings spell out
-(``metric_titles``) and the executors ``harness run`` picks without ``--executor``.
+(``metric_titles``), the executors ``harness run`` picks without ``--executor``, and the
+plugins the suite of a package ``harness new`` writes runs with (``scaffold``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class SuiteDefaults:
     metric: str | None = None
     metric_titles: dict[str, str] = field(default_factory=dict)
     executors: dict[str, str] = field(default_factory=dict)
+    scaffold: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, plugins) -> "SuiteDefaults":
@@ -33,7 +35,8 @@ class SuiteDefaults:
         return cls(evaluate=tuple(merged.get("evaluate") or ()),
                    baseline=merged.get("baseline"), metric=merged.get("metric"),
                    metric_titles=dict(merged.get("metric_titles") or {}),
-                   executors=dict(merged.get("executors") or {}))
+                   executors=dict(merged.get("executors") or {}),
+                   scaffold=dict(merged.get("scaffold") or {}))
 
 
 @functools.lru_cache(maxsize=1)

@@ -57,8 +57,8 @@ def _check_ref(suite: Suite, plugins, ref: PluginRef, kind: str) -> None:
 def _check_schedule(suite: Suite, ref: PluginRef, on, every) -> None:
     if not (isinstance(on, str) or (isinstance(on, list) and all(isinstance(r, str) for r in on))):
         raise UserError(f"on names data roles to measure, got {on!r}", file=suite.path,
-                        key=f"{ref.key}.on", hint="e.g. `{name: accuracy, on: [target, source]}`")
+                        key=f"{ref.key}.on", hint="e.g. `{name: NAME, on: [target, source]}`")
     if every != "end" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise UserError(f"every must be a positive epoch interval or `end`, got {every!r}",
                         file=suite.path, key=f"{ref.key}.every",
-                        hint="e.g. `{name: accuracy, every: 5}`")
+                        hint="e.g. `{name: NAME, every: 5}`")

@@ -87,7 +87,7 @@ class Checker:
         if isinstance(value, dict):
             if "name" not in value or not isinstance(value["name"], str):
                 self.fail(key, f"a {axis} entry needs a `name:`",
-                          "write `- {name: std}` or just `- std`")
+                          "write `- {name: NAME}` or just `- NAME`")
             options = {k: v for k, v in value.items() if k not in ("name", "label")}
             label = value.get("label")
             if label is None:
@@ -97,7 +97,7 @@ class Checker:
             self.plain(label, f"{key}.label")
             return PluginRef(value["name"], label, tuple(sorted(options.items())), key)
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
-                       f"{type(value).__name__}", "e.g. `std` or `{name: racecar, layers: 6}`")
+                       f"{type(value).__name__}", "e.g. `NAME` or `{name: NAME, OPTION: VALUE}`")
 
     def data_ref(self, value, key: str) -> DataRef:
         """A data set (a name or `{name: ...}`), or a mapping of roles to data sets."""
@@ -106,7 +106,7 @@ class Checker:
         roles = {k: v for k, v in value.items() if k != "label"}
         if not roles:
             self.fail(key, "a dataset is a name, `{name: ...}`, or roles of data sets",
-                      "e.g. `mnist5k` or `{source: digits, target: mnist5k}`")
+                      "e.g. `NAME` or `{source: NAME, target: NAME}`")
         refs = []
         for role, v in roles.items():
             if not isinstance(role, str) or not role.isidentifier():
