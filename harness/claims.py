@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import UserError, suggest
-from .stats import ALPHA, bootstrap_diff_ci, mean, paired_t, sample_std, welch_t
+from .stats import ALPHA, bootstrap_diff_ci, mean, p_text, paired_t, sample_std, welch_t
 
 OPS = (">=", "<=", ">", "<")
 DEFAULT_MARGIN = 0.01
@@ -306,7 +306,7 @@ class Verdict:
         return (f"{head} ({'paired' if t.kind == 'paired' else 'Welch'} t, n={t.n_left}"
                 f"{'' if t.kind == 'paired' else f'/{t.n_right}'}: {left} {t.mean_left:.4g} vs "
                 f"{right} {t.mean_right:.4g}, d={t.diff:+.4g}, 95% lower bound {t.bound():+.4g} "
-                f"vs {self.threshold:+.4g}, p={_p(t.p)}, {t.effect_name}={t.effect:.3g}; {self.reason})")
+                f"vs {self.threshold:+.4g}, p={p_text(t.p)}, {t.effect_name}={t.effect:.3g}; {self.reason})")
 
     def as_dict(self) -> dict:
         return {
@@ -319,12 +319,6 @@ class Verdict:
             "left": {str(k): v for k, v in sorted(self.left_values.items())},
             "right": {str(k): v for k, v in sorted(self.right_values.items())},
         }
-
-
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "nan"
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def evaluate(claim: Claim, left: dict[int, float], right: dict[int, float], *, setting: str = "",

@@ -79,6 +79,13 @@ def _bootstrap(samples, statistic, level: float, resamples: int, seed: int) -> t
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def p_text(p: float, missing: str = "nan") -> str:
+    """A p-value in two significant digits (``1.2e-05`` below 1e-4); ``missing`` for NaN."""
+    if not math.isfinite(p):
+        return missing
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
 @dataclass(frozen=True)
 class Summary:
     """What a table cell needs: n, mean, sample std and the bootstrap interval of the mean."""

@@ -271,17 +271,15 @@ class Tracker:
         """Stage runs of this invocation still marked RUNNING."""
         if self.parent_id is None:
             return []
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
-                                                f"and attributes.status = 'RUNNING'",
-            max_results=5000)
+        return search_all(self.client, self.experiment_id,
+                          f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                          f"and attributes.status = 'RUNNING'")
 
     def reap_orphans(self) -> tuple[int, list]:
         """Mark as KILLED the runs left RUNNING by a ``harness run`` that died (SIGKILL, power
         loss): its parent run and every stage run it had started. Returns how many stage runs
         were marked, and the invocations that are still alive (or on another host, unknown)."""
-        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
-                                          max_results=5000)
+        running = search_all(self.client, self.experiment_id, "attributes.status = 'RUNNING'")
         parents = {r.info.run_id: r for r in running if r.data.tags.get(f"{TAG}kind") == "invocation"}
         live = {pid: r for pid, r in parents.items() if invocation_alive(r.data.tags) is not False}
         marked = 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..stats import Summary
+from ..stats import Summary, p_text
 
 DASH = "–"
 
@@ -45,9 +45,7 @@ def slug(text: str) -> str:
 
 
 def p_value(p: float) -> str:
-    if not fin(p):
-        return DASH
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+    return p_text(p, missing=DASH) if fin(p) else DASH
 
 
 def metric_title(metric: str) -> str:

@@ -6,14 +6,14 @@ datasets x architectures, a number of seeds and a DAG of stages; expansion turns
 
 The parts: ``yaml_file`` reads the file, ``schema`` says what a suite may hold and checks each
 value, ``load`` validates a suite into ``model``'s typed objects (with ``report_spec`` for the
-``report:`` key and ``defaults`` for what a suite leaves out), ``expand`` turns it into stage
+``report:`` key and ``defaults`` for what a suite leaves out), ``expansion`` turns it into stage
 runs, and ``plugin_check`` checks its names and options against the installed plugins.
 """
 
 from __future__ import annotations
 
 from .defaults import SuiteDefaults
-from .expand import derive_seed, expand, own_architecture, stage_axes, stage_rows, topological
+from .expansion import derive_seed, expand, own_architecture, stage_axes, stage_rows, topological
 from .load import load_suite, parse_suite
 from .model import DataRef, PluginRef, Setting, StageDecl, StageRun, Suite
 from .plugin_check import check_plugins

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..claims import check_claims, parse_reference
 from ..errors import suggest
 from .defaults import Lazy, SuiteDefaults
-from .expand import own_architecture, stage_rows
+from .expansion import own_architecture, stage_rows
 from .model import Setting, StageDecl, Suite
 from .report_spec import parse_report
 from .schema import (AXES, MAX_NAME, PROFILE_KEYS, RUN_DEFAULTS, SAFE_NAME, SETTING_KEYS,
