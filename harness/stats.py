@@ -17,6 +17,7 @@ Only numpy and scipy; results are plain floats so they print and serialise witho
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -52,7 +53,15 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95,
     x = _array(values)
     if len(x) < 2:
         return math.nan, math.nan
-    return _bootstrap((x,), lambda s, axis=-1: s.mean(axis), level, resamples, seed)
+    return _mean_interval(tuple(x.tolist()), level, resamples, seed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mean_interval(values: tuple[float, ...], level: float, resamples: int,
+                   seed: int) -> tuple[float, float]:
+    """Cached: a report asks for the interval of the same seeds' values in several tables and
+    figures, and each bootstrap costs milliseconds."""
+    return _bootstrap((np.array(values),), lambda s, axis=-1: s.mean(axis), level, resamples, seed)
 
 
 def bootstrap_diff_ci(left: Sequence[float], right: Sequence[float], *, paired: bool,
