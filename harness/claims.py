@@ -14,7 +14,8 @@ seconds_per_epoch``, ``(mix.NN - mix.RN) > (mnist.NN - mnist.RN) on test_err`` (
 on one data set than on another: each side is the per-replicate difference of its two rows, so
 both sides are paired over the suite's seeds like any other). The row label is the grid method label the tables use: ``AB.RR6`` is phase II
 of the RR6 cell even though AB itself trains with std. ``METRIC`` is a stage run's final metric,
-with or without its ``final_`` prefix (default ``final_test_acc``).
+with or without its ``final_`` prefix (default: the setting's headline metric, its
+``report: {metric: ...}``).
 
 What the operators mean, with d = mean(left) - mean(right) and m the margin (default 0.01, one
 accuracy point):
@@ -40,10 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import UserError, suggest
-from .stats import ALPHA
+from .stats import ALPHA, bootstrap_diff_ci, mean, p_text, paired_t, sample_std, welch_t
 
 OPS = (">=", "<=", ">", "<")
-DEFAULT_METRIC = "final_test_acc"
 DEFAULT_MARGIN = 0.01
 MIN_SEEDS = 2
 
@@ -56,7 +56,7 @@ _CLAIM = re.compile(
     rf"^\s*(?P<left>{_SIDE})\s*(?P<op>>=|<=|>|<)\s*(?P<right>{_SIDE}?)"
     r"(?:\s+on\s+(?P<metric>[A-Za-z0-9_./-]+))?"
     r"(?:\s+within\s+(?P<margin>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(?P<pct>%)?)?\s*$")
-_HINT = 'write e.g. "AB.RR6 > AB.std", "AB.RR6 >= B.std within 0.02" or "AA.RR6 > AA.std on test_acc"'
+_HINT = 'write e.g. "AB.RR6 > AB.std", "AB.RR6 >= B.std within 0.02" or "A.RR6 < A.std on seconds_per_epoch"'
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,11 @@ class Diff:
 
     def __str__(self) -> str:
         return f"({self.a} - {self.b})"
+
+
+def final_metric(name: str) -> str:
+    """The summary metric a run logs for ``name`` (its last value): ``final_`` + name."""
+    return name if name.startswith("final_") else f"final_{name}"
 
 
 def rows_of(side: Side | Diff) -> tuple[Side, ...]:
@@ -101,7 +106,7 @@ class Claim:
     left: Side | Diff
     op: str
     right: Side | Diff
-    metric: str = DEFAULT_METRIC
+    metric: str = ""
     margin: float = DEFAULT_MARGIN
     relative: bool = False  # margin is a fraction of the right side's mean
 
@@ -136,8 +141,9 @@ def _parse_side(token: str, stages: Sequence[str] | None) -> Side | Diff | None:
     return Diff(a, b) if a is not None and b is not None else None
 
 
-def parse(text: Any, *, stages: Sequence[str] | None = None) -> Claim:
-    """Parse one claim; raises UserError (without file/key: the caller adds them)."""
+def parse(text: Any, *, metric: str, stages: Sequence[str] | None = None) -> Claim:
+    """Parse one claim; ``metric`` is the one it compares without ``on``. Raises UserError
+    (without file/key: the caller adds them)."""
     if not isinstance(text, str):
         raise UserError(f"a claim is a string, got {type(text).__name__}", hint=_HINT)
     m = _CLAIM.match(text)
@@ -148,9 +154,7 @@ def parse(text: Any, *, stages: Sequence[str] | None = None) -> Claim:
         if side is None:
             raise UserError(f"claim {text!r}: {token!r} is not STAGE.LABEL or "
                             "(STAGE.LABEL - STAGE.LABEL)", hint=_HINT)
-    metric = m["metric"] or DEFAULT_METRIC
-    if not metric.startswith("final_"):
-        metric = "final_" + metric
+    metric = final_metric(m["metric"] or metric)
     margin = DEFAULT_MARGIN
     relative = False
     if m["margin"] is not None:
@@ -163,36 +167,18 @@ def parse(text: Any, *, stages: Sequence[str] | None = None) -> Claim:
 
 
 # ------------------------------------------------------------------------------------------------
-# Suite-time validation
+# Checking a setting's claims and references against its rows
 # ------------------------------------------------------------------------------------------------
-def stage_rows(setting) -> dict[str, list[str]]:
-    """The row labels each stage's runs are filed under, as ``suite.expand`` names them: the
-    grid's method labels for a stage that depends on the method axis, else the rows of the stage
-    it starts from, else its own method's label."""
-    from .suite import stage_axes, topological
-
-    deps = stage_axes(setting.stages, setting.grid)
-    rows: dict[str, list[str]] = {}
-    for name in topological(setting.stages):
-        st = setting.stages[name]
-        if "method" in deps[name]:
-            rows[name] = [ref.label for ref in setting.grid["method"]]
-        elif st.from_stage is not None:
-            rows[name] = list(rows[st.from_stage])
-        else:
-            method = st.method or setting.grid["method"][0]
-            rows[name] = [method.label]
-    return {name: rows[name] for name in setting.stages}
-
-
-def check_setting(setting, *, file: str, prefix: str = "") -> list[Claim]:
-    """Validate a setting's ``claims:`` and ``reference:`` against its stages and row labels."""
-    rows = stage_rows(setting)
+def check_claims(texts: list[str], rows: dict[str, list[str]], *, file: str, metric: str,
+                 prefix: str = "") -> list[Claim]:
+    """Parse a setting's ``claims:`` and check them against its stages and their row labels
+    (stage -> labels, as the suite's expansion files runs); ``metric`` is the setting's
+    headline metric, which a claim without ``on`` compares."""
     claims = []
-    for i, text in enumerate(setting.claims):
+    for i, text in enumerate(texts):
         key = f"{prefix}claims[{i}]"
         try:
-            claim = parse(text, stages=list(rows))
+            claim = parse(text, stages=list(rows), metric=metric)
         except UserError as err:
             raise err.located(file=file, key=key) from None
         for side in rows_of(claim.left) + rows_of(claim.right):
@@ -208,7 +194,6 @@ def check_setting(setting, *, file: str, prefix: str = "") -> list[Claim]:
             raise UserError(f"claim {text!r}: the margin must be a non-negative number",
                             file=file, key=key)
         claims.append(claim)
-    parse_reference(setting.reference, rows, file=file, prefix=prefix)
     return claims
 
 
@@ -223,16 +208,18 @@ class Reference:
     n: int | None = None
     values: tuple[float, ...] = ()
     source: str = ""
-    metric: str = DEFAULT_METRIC
+    metric: str = ""
 
 
 REFERENCE_KEYS = ("mean", "std", "n", "values", "source", "metric")
 
 
-def parse_reference(raw: dict, rows: dict[str, list[str]], *, file: str, prefix: str = "") -> list[Reference]:
+def parse_reference(raw: dict, rows: dict[str, list[str]], *, file: str, metric: str,
+                    prefix: str = "") -> list[Reference]:
     """``reference: {STAGE: {LABEL: value}}``; a value is a number (the published mean) or a
     mapping with ``mean`` and optional ``std``, ``n``, ``values`` (per-seed numbers; they give
-    mean, std and n when those are left out), ``source`` (e.g. "Table 2") and ``metric``."""
+    mean, std and n when those are left out), ``source`` (e.g. "Table 2") and ``metric`` (by
+    default the setting's headline ``metric``)."""
     out = []
     base = f"{prefix}reference"
     if not isinstance(raw, dict):
@@ -251,7 +238,7 @@ def parse_reference(raw: dict, rows: dict[str, list[str]], *, file: str, prefix:
             if label not in rows[stage]:
                 raise UserError(f"stage {stage!r} has no row {label!r}", file=file, key=lkey,
                                 hint=suggest(str(label), rows[stage]))
-            out.append(_reference_value(stage, str(label), value, file, lkey))
+            out.append(_reference_value(stage, str(label), value, file, lkey, metric))
     return out
 
 
@@ -262,9 +249,9 @@ def _number(value, file, key) -> float:
     return float(value)
 
 
-def _reference_value(stage: str, label: str, value, file: str, key: str) -> Reference:
+def _reference_value(stage: str, label: str, value, file: str, key: str, metric: str) -> Reference:
     if not isinstance(value, dict):
-        return Reference(stage, label, _number(value, file, key))
+        return Reference(stage, label, _number(value, file, key), metric=final_metric(metric))
     for k in value:
         if k not in REFERENCE_KEYS:
             raise UserError(f"unknown key {k!r}", file=file, key=f"{key}.{k}",
@@ -274,22 +261,19 @@ def _reference_value(stage: str, label: str, value, file: str, key: str) -> Refe
         raise UserError("`values` is a list of per-seed numbers", file=file, key=f"{key}.values")
     values = tuple(_number(v, file, f"{key}.values[{i}]") for i, v in enumerate(values))
     if "mean" in value:
-        mean = _number(value["mean"], file, f"{key}.mean")
+        mu = _number(value["mean"], file, f"{key}.mean")
     elif values:
-        mean = sum(values) / len(values)
+        mu = mean(values)
     else:
         raise UserError("a reference needs `mean` or `values`", file=file, key=key)
     std = _number(value["std"], file, f"{key}.std") if "std" in value else None
     if std is None and len(values) >= 2:
-        mu = sum(values) / len(values)
-        std = math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+        std = sample_std(values)
     n = value.get("n", len(values) or None)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError(f"`n` is a positive count, got {n!r}", file=file, key=f"{key}.n")
-    metric = str(value.get("metric", DEFAULT_METRIC))
-    if not metric.startswith("final_"):
-        metric = "final_" + metric
-    return Reference(stage, label, mean, std, n, values, str(value.get("source", "")), metric)
+    return Reference(stage, label, mu, std, n, values, str(value.get("source", "")),
+                     final_metric(str(value.get("metric", metric))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +306,7 @@ class Verdict:
         return (f"{head} ({'paired' if t.kind == 'paired' else 'Welch'} t, n={t.n_left}"
                 f"{'' if t.kind == 'paired' else f'/{t.n_right}'}: {left} {t.mean_left:.4g} vs "
                 f"{right} {t.mean_right:.4g}, d={t.diff:+.4g}, 95% lower bound {t.bound():+.4g} "
-                f"vs {self.threshold:+.4g}, p={_p(t.p)}, {t.effect_name}={t.effect:.3g}; {self.reason})")
+                f"vs {self.threshold:+.4g}, p={p_text(t.p)}, {t.effect_name}={t.effect:.3g}; {self.reason})")
 
     def as_dict(self) -> dict:
         return {
@@ -337,18 +321,10 @@ class Verdict:
         }
 
 
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "nan"
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
-
-
 def evaluate(claim: Claim, left: dict[int, float], right: dict[int, float], *, setting: str = "",
              alpha: float = ALPHA) -> Verdict:
     """Decide a claim from per-replicate values of both sides (replicate -> metric value) as
     written, i.e. ``left`` is the value of ``claim.left``."""
-    from .stats import bootstrap_diff_ci, paired_t, welch_t
-
     hi_side, op, lo_side = claim.canonical
     hi, lo = (left, right) if hi_side == claim.left else (right, left)
     hi = {r: v for r, v in hi.items() if v is not None and math.isfinite(v)}

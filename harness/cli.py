@@ -12,6 +12,8 @@ import functools
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,10 +114,10 @@ def _run_parser(sub, common) -> None:
     run.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     run.add_argument("--dry-run", action="store_true", help="print the stage runs, run nothing")
     run.add_argument("--executor", default=None,
-                     help="where stage runs execute: inline, processes, ray (default: inline, or "
-                          "processes when -j is over 1)")
+                     help="where stage runs execute (`harness list executors`; default: the "
+                          "plugins' choice for one job at a time, and for several with -j N)")
     run.add_argument("-j", "--jobs", type=int, default=None,
-                     help="parallel stage runs (default: 1 inline, else the number of cores)")
+                     help="parallel stage runs (default: 1 with the one-job executor, else the cores)")
     run.add_argument("--log-model", default=None,
                      choices=("pickle", "pt2", "off"),
                      help="how each trained network is logged as an MLflow model (default "
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, argv) -> int:
+    # each command imports what it needs, so that `harness list` does not start MLflow or torch
     from .plugins import load
     from .tracking import resolve_home
 
@@ -199,10 +202,10 @@ def _validate(args, home: Path, plugins) -> int:
     """The checks of ``run --dry-run``: names, options, the DAG, the data, and every network
     and method built once, untrained (``runner.preflight``), so what ``run`` refuses, this
     refuses too. Nothing is written."""
-    from .runner import make_plan
-    from .suite import load_suite
+    from .plan import make_plan  # torch, through the engine: only for commands that plan
+    from .suite import SuiteDefaults, load_suite
 
-    suite = load_suite(args.suite, args.profile)
+    suite = load_suite(args.suite, args.profile, defaults=SuiteDefaults.of(plugins))
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     runs = make_plan(suite, plugins, data_root).runs
     profile = f", profile {suite.profile!r}" if suite.profile else ""
@@ -212,15 +215,15 @@ def _validate(args, home: Path, plugins) -> int:
 
 
 def _report(args, argv, home: Path, plugins) -> int:
-    from .report import Store, report_suite
-    from .report_budget import choose_profile
-    from .suite import load_suite
+    from .report import Store, choose_profile, report_suite  # MLflow and torch: only to report
+    from .suite import SuiteDefaults, load_suite
 
-    suite = load_suite(args.suite, args.profile)
+    defaults = SuiteDefaults.of(plugins)
+    suite = load_suite(args.suite, args.profile, defaults=defaults)
     if args.profile is None:  # the profile that has runs, not one that shows every cell missing
         profile, note = choose_profile(suite, Store.open(home, suite.name))
         if profile != suite.profile:
-            suite = load_suite(args.suite, profile)
+            suite = load_suite(args.suite, profile, defaults=defaults)
         if note:
             print(note)
     out = Path(args.out) if args.out else Path("reports") / suite.name
@@ -254,7 +257,7 @@ def _plugins(args, plugins) -> int:
 
 
 def _check_plugins(args, plugins) -> int:
-    from .testing.installed import check_installed
+    from .testing.installed import check_installed  # the kit imports torch and pytest's helpers
 
     rows = check_installed(plugins, args.check or None)
     for row in rows:
@@ -269,9 +272,15 @@ def _check_plugins(args, plugins) -> int:
 
 
 def _new(args) -> int:
-    from .scaffold import scaffold
+    from .plugins import load
+    from .scaffold import scaffold  # only `harness new` needs the templates
+    from .suite import SuiteDefaults
 
-    root = scaffold(args.kind, args.name, Path(args.dir))
+    around = SuiteDefaults.of(load()).scaffold  # the installed plugins the new one is put among
+    if not around:
+        raise UserError("no plugin says which plugins a new plugin's suite runs with",
+                        hint="install the built-in plugins (harness_suite_defaults: scaffold)")
+    root = scaffold(args.kind, args.name, Path(args.dir), around)
     print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
           f"harness run {root}/suites/{args.name}.yaml")
     return 0
@@ -280,8 +289,6 @@ def _new(args) -> int:
 def _port_free(port: int) -> None:
     """Refuse a port something already listens on: MLflow would print a traceback, or leave
     workers behind."""
-    import socket
-
     if not 0 < port < 65536:
         raise UserError(f"--port must be from 1 to 65535, got {port}", key="--port")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -296,10 +303,8 @@ def _port_free(port: int) -> None:
 def _ui(home: Path, port: int) -> int:
     """The MLflow UI in its own process group, which is ended as a whole on Ctrl-C or SIGTERM:
     the server's workers do not outlive ``harness ui``."""
-    import signal
-
-    from .store_file import ensure_store, sqlite_path
-    from .tracking import check_writable, tracking_uri
+    from .store_file import ensure_store, sqlite_path  # MLflow's schema: only for `harness ui`
+    from .tracking import check_writable, tracking_uri  # as above
 
     _port_free(port)
     db = sqlite_path(tracking_uri(home))
@@ -327,9 +332,6 @@ def _ui(home: Path, port: int) -> int:
 
 def _end_group(proc) -> None:
     """SIGTERM to the UI's process group, SIGKILL to what is left of it after 10 s."""
-    import os
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -346,13 +348,19 @@ def _end_group(proc) -> None:
 
 
 def _executor(args, plugins):
-    from .executors import cores_here
+    from .executors import cores_here  # the executors' base imports the engine, and torch
     from .plugins import check_options
+    from .suite import SuiteDefaults
 
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}", key="-j",
                         hint="-j 1 runs one stage run at a time")
-    name = args.executor or ("processes" if (args.jobs or 1) > 1 else "inline")
+    chosen = SuiteDefaults.of(plugins).executors  # the plugins' choice without --executor
+    one = chosen.get("one")
+    name = args.executor or (chosen.get("several") if (args.jobs or 1) > 1 else one)
+    if name is None:
+        raise UserError("no executor is named and no plugin gives a default", key="--executor",
+                        hint="name one with --executor (see `harness list executors`)")
     try:
         entry = plugins.get("executors", name)
     except UserError as err:
@@ -364,7 +372,7 @@ def _executor(args, plugins):
         raise UserError(err.message, key="--address", hint="--address is for --executor ray") from None
     placement = _placement(args)
     default = placement.capacity or cores_here()
-    jobs = args.jobs if args.jobs is not None else (1 if name == "inline" else default)
+    jobs = args.jobs if args.jobs is not None else (1 if name == one else default)
     placement.check_jobs(jobs)
     if args.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be 0 or more seconds", key="--checkpoint-every")
@@ -374,19 +382,21 @@ def _executor(args, plugins):
 
 
 def _placement(args):
-    from .placement import Placement, visible_gpus
+    from .placement import Placement, visible_gpus  # as _executor: only for run and plan
 
     gpus = [] if args.gpus == "none" else visible_gpus(args.gpus)
     return Placement(gpus, args.runs_per_gpu)
 
 
 def _plan(args, home: Path, plugins) -> int:
+    # torch and MLflow, through the planner and the store: only for the commands that use them
+    from .estimate import plan_text
     from .executors import cores_here
-    from .runner import make_plan, plan_text
-    from .suite import load_suite
+    from .plan import make_plan
+    from .suite import SuiteDefaults, load_suite
     from .tracking import Tracker
 
-    suite = load_suite(args.suite, args.profile)
+    suite = load_suite(args.suite, args.profile, defaults=SuiteDefaults.of(plugins))
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     plan = make_plan(suite, plugins, data_root)
     placement = _placement(args)
@@ -398,13 +408,16 @@ def _plan(args, home: Path, plugins) -> int:
 
 
 def _run(args, argv, home: Path, plugins) -> int:
+    # torch and MLflow, through the planner, the driver and the report: only for `harness run`
+    from .plan import make_plan
     from .progress import Progress
-    from .runner import Driver, make_plan
+    from .report import log_summary
+    from .runner import Driver
     from .selection import parse_only, select
-    from .suite import load_suite
+    from .suite import SuiteDefaults, load_suite
     from .tracking import Tracker, check_writable
 
-    suite = load_suite(args.suite, args.profile)
+    suite = load_suite(args.suite, args.profile, defaults=SuiteDefaults.of(plugins))
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     if args.download:
         for setting in suite.settings:
@@ -430,7 +443,7 @@ def _run(args, argv, home: Path, plugins) -> int:
     driver = Driver(plan, tracker, plugins, home=home, data_root=data_root, executor=executor,
                     progress=progress, command=command, plugin_modules=args.plugin,
                     resume=args.resume, checkpoint_every=args.checkpoint_every,
-                    force=args.force, selected=selected,
+                    force=args.force, selected=selected, summary=log_summary,
                     log_model=args.log_model or os.environ.get("HARNESS_LOG_MODEL") or "pickle")
     outcome = driver.run()
     if outcome.failed or outcome.skipped:

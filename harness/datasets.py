@@ -126,8 +126,7 @@ def build_roles(plugins, spec: dict[str, Any], root: str, download: bool) -> dic
         except UserError as err:
             if "roles" not in spec:
                 raise
-            key = role if err.key in (None, "dataset") else f"{role}.{err.key}"
-            raise UserError(err.message, key=key, hint=err.hint) from None
+            raise err.under(role, own=("dataset",)) from None
     return out
 
 

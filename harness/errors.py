@@ -32,6 +32,13 @@ class UserError(Exception):
         """The same error with a file and/or key filled in where it had none."""
         return UserError(self.message, file=self.file or file, key=self.key or key, hint=self.hint)
 
+    def under(self, parent: str, *, file: str | None = None, own: tuple = ()) -> "UserError":
+        """The same error re-located under the suite key it came from: a plugin names its own
+        option (``layers``), the suite reader knows where that plugin was declared
+        (``grid.method[1]``). A key in ``own`` (or none) names the parent itself."""
+        key = parent if self.key is None or self.key in own else f"{parent}.{self.key}"
+        return UserError(self.message, file=file or self.file, key=key, hint=self.hint)
+
 
 def suggest(name: str, known: Iterable[str]) -> str | None:
     """'did you mean ...?' for the nearest known names, or a list of the known ones."""

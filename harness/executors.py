@@ -20,15 +20,22 @@ then move while it runs instead of jumping at its end.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import plugins as plugin_mod
 from .api import StageResult
+from .dag import InOrder
 from .engine import StageTask, run_stage
 from .placement import Placement
+from .tracking import process_alive, process_started
 from .train.build import StageData, build_stage_data
 
 
@@ -63,7 +70,7 @@ class Executor(ABC):
 
 class Ready:
     """Which job may start next: the first, in the order given (the plan's dependency order),
-    whose dependencies among the given jobs are all done.
+    whose dependencies among the given jobs are all done (``harness.dag.InOrder``).
 
     A job that was skipped or failed counts as done here; the driver's ``prepare`` then records
     its dependents as skipped. Taking jobs in plan order means a phase II stage run goes before
@@ -72,23 +79,19 @@ class Ready:
     """
 
     def __init__(self, jobs: list[Job]):
-        keys = {job.key for job in jobs}
-        self.waiting = list(jobs)
-        self.blockers = {job.key: {d for d in job.deps if d in keys} for job in jobs}
+        self.jobs = {job.key: job for job in jobs}
+        self.walk = InOrder(self.jobs, {job.key: job.deps for job in jobs})
 
     def pop(self) -> Job | None:
         """The next job that may start (removed from the waiting ones), or None."""
-        for i, job in enumerate(self.waiting):
-            if not self.blockers[job.key]:
-                return self.waiting.pop(i)
-        return None
+        key = self.walk.pop()
+        return None if key is None else self.jobs[key]
 
     def done(self, key: tuple) -> None:
-        for blockers in self.blockers.values():
-            blockers.discard(key)
+        self.walk.done(key)
 
     def __bool__(self) -> bool:
-        return bool(self.waiting)
+        return bool(self.walk)
 
 
 def cores_here() -> int:
@@ -102,8 +105,6 @@ def driver_context() -> dict:
     """What a worker must share with the driver for plugins to load the same way there: the
     ``HARNESS_*`` environment and ``sys.path`` (a forkserver or a Ray worker froze both when it
     started, possibly before ``--plugin`` or a test changed them), and who the driver is."""
-    from .tracking import process_started
-
     return {"env": {k: v for k, v in os.environ.items() if k.startswith("HARNESS_")},
             "sys_path": list(sys.path), "driver": (os.getpid(), process_started(os.getpid()))}
 
@@ -114,12 +115,6 @@ def die_with(pid: int, started: str, interval: float = 0.5) -> None:
 
     A watch thread rather than ``PR_SET_PDEATHSIG``: a forkserver's workers are the server's
     children, and the server outlives the driver as long as any worker holds its pipe."""
-    import signal
-    import threading
-    import time
-
-    from .tracking import process_alive
-
     def watch() -> None:
         while process_alive(pid, started):
             time.sleep(interval)
@@ -145,10 +140,6 @@ DATA_CACHE_SIZE = 4
 
 def run_task(task: StageTask, on_epoch=None) -> StageResult:
     """A stage run in a worker: the plugins and each data set are loaded once per process."""
-    import json
-
-    from . import plugins as plugin_mod
-
     plugins = plugin_mod.load(task.plugin_modules)
     download = bool(task.run.get("download"))
     key = json.dumps([task.dataset, task.data_root, download], sort_keys=True, default=str)

@@ -62,6 +62,25 @@ def harness_register_executors(register):
 
 
 @hookspec
+def harness_suite_defaults():
+    """What a suite gets for what it leaves out, as a mapping with any of these keys:
+
+    - ``evaluate``: the evaluators of a setting without ``evaluate:`` (a list as a suite writes it);
+    - ``baseline``: the method whose rows the report's cost table divides by, and ``metric``: the
+      headline metric of every table, claim and reference (``report: {baseline:, metric:}``);
+    - ``metric_titles``: ``{metric: words}``, how the report's headings name a headline metric;
+    - ``executors``: ``{"one": name, "several": name}``, what ``harness run`` uses without
+      ``--executor`` for one job at a time and for several;
+    - ``scaffold``: the plugins the suite ``harness new`` writes puts a new plugin among
+      (``baseline``, ``dataset``, ``dataset_note``, ``architecture``, ``vector_architecture``,
+      ``evaluator``, ``metric``; see ``harness.scaffold.scaffold``).
+
+    The core names no plugin, so these come from plugins (the built-ins' are
+    ``plugins/defaults.py``); where several answer, the plugin registered last wins, key by key.
+    """
+
+
+@hookspec
 def harness_stage_started(info):
     """A stage run is about to train. ``info`` is a ``harness.api.StageInfo``.
 

@@ -35,7 +35,7 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def _input(name: str, digest: str, spec: dict, context: str, samples: int, shape, classes):
-    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag  # MLflow: once a record is written
 
     profile = {"samples": samples, "input_shape": list(shape), "num_classes": classes}
     dataset = Dataset(name=name, digest=digest, source_type="harness",
@@ -70,6 +70,7 @@ def log_network(plugins, tracking_uri: str, run_id: str, source: ModelSource,
     ``fmt`` is ``off``)."""
     if fmt == "off":
         return None
+    # MLflow's model flavours import much of MLflow: only when a model is logged
     import mlflow
     import mlflow.pytorch
 
@@ -95,7 +96,7 @@ def _fluent_store(uri: str):
     and ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, which
     the harness reads as the user's choice of store: left set, it would send the next suite of
     this process to this store. Both are put back as they were."""
-    import mlflow
+    import mlflow  # as above
 
     env = os.environ.get(URI_ENV)
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None

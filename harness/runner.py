@@ -1,74 +1,33 @@
-"""The driver of ``harness run``: plan, skip what finished, dispatch, record.
+"""The driver of ``harness run``: skip what finished, dispatch the rest, record everything.
 
-It builds each distinct dataset once (its fingerprint is part of every identity, and the inline
-executor reuses the tensors), computes identities upstream-first, asks MLflow which identities
-already finished, and hands the rest to the executor. A parent MLflow run is created only when
-there is something to run, so a repeated invocation leaves the store untouched.
+Given a plan (``harness.plan``: stage runs, their data and identities), it asks MLflow which
+identities already finished and hands the rest to the executor. A parent MLflow run is created
+only when there is something to run, so a repeated invocation leaves the store untouched. What
+the invocation's parent run shows at the end (the report's tables) is the CLI's to give, as
+``summary``: the driver renders no report.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 from .api import StageResult
-from .codeid import run_code, stale_runs
-from .datasets import check_roles
-from .engine import CHECKPOINT, ModelSource, ResumeState, StageTask, resolve_device, run_stage
+from .engine import CHECKPOINT, ModelSource, StageTask, run_stage
 from .errors import UserError
-from .executors import Job
+from .executors import Job, cores_here
+from .plan import Plan, resume_dir, resume_progress, run_params
 from .progress import Progress
 from .records import dataset_inputs, log_network
-from .suite import StageRun, Suite, check_plugins, expand
-from .train.build import StageData, build_method, build_model, build_stage_data
-from .train.streams import resolve_streams
-from .tracking import (TAG, EpochBuffer, FinishedRun, Tracker, flatten, git_commit, identity,
-                       invocation_alive, library_versions)
-
-
-def run_params(run: StageRun) -> dict[str, str]:
-    """The MLflow params of a stage run (``method.*``, ``run.*``, ``dataset.*``, ...)."""
-    params = flatten("", {k: v for k, v in run.config().items()
-                          if k in ("dataset", "architecture", "method", "run", "seed", "replicate")}, {})
-    params["evaluate"] = json.dumps([e.spec() for e in run.evaluate])
-    return params
-
-
-def resume_dir(home: Path, ident: str) -> Path:
-    """Where a stage run keeps the state ``--resume`` continues from."""
-    return home / "resume" / ident
-
-
-def resume_progress(home: Path, ident: str) -> dict | None:
-    """``{"epoch": k, "epochs": n}`` when an interrupted stage run saved its state, else None."""
-    folder = resume_dir(home, ident)
-    return ResumeState.progress(folder) if (folder / ResumeState.FILE).is_file() else None
-
-
-@dataclass
-class Plan:
-    suite: Suite
-    runs: list[StageRun]
-    identities: dict[tuple, str]
-    fingerprints: dict[tuple, str]
-    data: dict[str, StageData] = field(default_factory=dict)
-    code: dict[tuple, dict[str, str]] = field(default_factory=dict)
-    bases: dict[tuple, str] = field(default_factory=dict)
-
-    def todo(self, finished: dict[str, FinishedRun], *, force: bool = False,
-             selected: set[tuple] | None = None) -> list[StageRun]:
-        """What a run executes: the ``selected`` runs (``--only``; all by default) that have not
-        finished, or all of them with ``force`` (new runs; the finished ones stay recorded)."""
-        runs = [r for r in self.runs if selected is None or r.key in selected]
-        return runs if force else [r for r in runs if self.identities[r.key] not in finished]
+from .suite import StageRun
+from .train.build import StageData
+from .tracking import TAG, EpochBuffer, FinishedRun, Tracker, git_commit, invocation_alive, library_versions
 
 
 @dataclass
@@ -84,182 +43,19 @@ class Outcome:
         return 1 if (self.failed or self.skipped) else 0
 
 
-def _data_key(spec: dict, download: bool) -> str:
-    return json.dumps({"spec": spec, "download": download}, sort_keys=True, default=str)
-
-
-def _eval_roles(run: StageRun) -> list[str]:
-    """The data roles a stage run's evaluators measure besides the primary one (``on:``)."""
-    roles: list[str] = []
-    for ev in run.evaluate:
-        on = ev.opts.get("on") or []
-        roles += [on] if isinstance(on, str) else list(on)
-    return roles
-
-
-def _stage_data(suite: Suite, plugins, run: StageRun, data_root: Path) -> StageData:
-    try:
-        return build_stage_data(plugins, run.dataset.spec(), str(data_root),
-                                bool(run.run.get("download")))
-    except UserError as err:
-        key = (run.dataset.key if err.key in (None, "dataset")
-               else f"{run.dataset.key}.{err.key}")
-        raise UserError(err.message, file=suite.path, key=key, hint=err.hint) from None
-    except Exception as exc:  # noqa: BLE001  options the factory could not use: bad input
-        raise UserError(f"dataset {run.dataset.name!r} could not be built with these "
-                        f"options: {type(exc).__name__}: {exc}", file=suite.path,
-                        key=run.dataset.key, hint="check the option values") from None
-
-
-def _check_eval_roles(suite: Suite, run: StageRun, data: StageData) -> None:
-    for ev in run.evaluate:
-        on = ev.opts.get("on") or []
-        for role in [on] if isinstance(on, str) else on:
-            if role not in data.roles:
-                raise UserError(f"evaluator {ev.name!r} is asked to measure data role {role!r}, "
-                                f"which stage {run.stage!r} does not have", file=suite.path,
-                                key=f"{ev.key}.on", hint=f"its roles: {', '.join(data.roles)}")
-    try:
-        check_roles(data.roles, _eval_roles(run))
-    except UserError as err:
-        raise UserError(err.message, file=suite.path, key=f"{run.dataset.key}.{err.key}",
-                        hint=err.hint) from None
-
-
-def _versions(plugins, run: StageRun) -> dict[str, str]:
-    """The plugin versions in a stage run's identity (one data set: under ``datasets``, as
-    always; several: ``datasets.<role>`` each)."""
-    versions = {}
-    if run.dataset.multi:
-        for role, ref in run.dataset.roles:
-            versions[f"datasets.{role}"] = plugins.get("datasets", ref.name).version
-    else:
-        versions["datasets"] = plugins.get("datasets", run.dataset.name).version
-    versions["architectures"] = plugins.get("architectures", run.architecture.name).version
-    versions["methods"] = plugins.get("methods", run.method.name).version
-    for ev in run.evaluate:
-        versions[f"evaluators.{ev.name}"] = plugins.get("evaluators", ev.name).version
-    return versions
-
-
-def make_plan(suite: Suite, plugins, data_root: Path) -> Plan:
-    """Validate plugin names, build data once per distinct spec, compute identities."""
-    check_plugins(suite, plugins)
-    runs = expand(suite)
-    data: dict[str, StageData] = {}
-    fingerprints: dict[str, str] = {}
-    identities: dict[tuple, str] = {}
-    code: dict[tuple, dict[str, str]] = {}  # harness.codeid digests, part of the identity
-    bases: dict[tuple, str] = {}  # the identity without code: how stale runs are recognised
-    digests: dict = {}
-    for run in runs:
-        dkey = _data_key(run.dataset.spec(), bool(run.run.get("download")))
-        if dkey not in data:
-            data[dkey] = _stage_data(suite, plugins, run, data_root)
-            fingerprints[dkey] = data[dkey].fingerprint()
-        _check_eval_roles(suite, run, data[dkey])
-        upstream = {"from": identities[run.from_key]} if run.from_key else {}
-        upstream.update({f"refs.{r}": identities[k] for r, k in run.refs.items()})
-        versions = _versions(plugins, run)
-        code[run.key] = run_code(plugins, run, digests)
-        identities[run.key] = identity(run.config(), upstream, versions, fingerprints[dkey],
-                                       code[run.key])
-        base_up = {"from": bases[run.from_key]} if run.from_key else {}
-        base_up.update({f"refs.{r}": bases[k] for r, k in run.refs.items()})
-        bases[run.key] = identity(run.config(), base_up, versions, fingerprints[dkey])
-    preflight(suite, plugins, runs, data)
-    return Plan(suite=suite, runs=runs, identities=identities, code=code, bases=bases,
-                fingerprints={r.key: fingerprints[_data_key(r.dataset.spec(), bool(r.run.get("download")))]
-                              for r in runs},
-                data=data)
-
-
-def _locate(suite: Suite, err: UserError, ref, own: tuple[str, ...]) -> UserError:
-    key = ref.key if err.key in (None, *own) else f"{ref.key}.{err.key}"
-    return UserError(err.message, file=suite.path, key=key, hint=err.hint)
-
-
-def _build_untrained(suite: Suite, plugins, run: StageRun, stage_data: StageData, upstream):
-    """The stage run's method, untrained on the CPU; None when it fails other than as bad input."""
-    main = stage_data.main
-    try:
-        model = build_model(plugins, run.architecture.spec(), main.input_shape, main.num_classes)
-    except UserError as err:
-        raise _locate(suite, err, run.architecture, ("architecture",)) from None
-    except Exception:  # noqa: BLE001  the stage run will record it, traceback and all
-        return None
-    try:
-        method = build_method(plugins, run.method.spec(), run.architecture.spec(),
-                              data=stage_data, input_shape=main.input_shape,
-                              num_classes=main.num_classes, stage=run.stage, seed=run.seed,
-                              epochs=int(run.run["epochs"]), device=torch.device("cpu"),
-                              upstream=upstream, run=run.run, model=model)
-        resolve_streams(method.streams(), stage_data.roles, int(run.run["batch_size"]))
-    except UserError as err:
-        if err.key == "dataset":
-            raise _locate(suite, err, run.dataset, ("dataset",)) from None
-        raise _locate(suite, err, run.method, ("method", run.method.name)) from None
-    except Exception:  # noqa: BLE001  as above
-        return None
-    method.eval()
-    method.requires_grad_(False)
-    return method
-
-
-def preflight(suite: Suite, plugins, runs: list[StageRun], data: dict[str, StageData]) -> None:
-    """Build every distinct network and method once, untrained, before anything is recorded.
-
-    Option values a signature cannot check (an activation name, a network that does not fit the
-    data's shape, a CUDA device on a machine without one, a method that needs a layer the
-    network lacks, a stream over a split the data does not have) then fail as bad input, exit 2,
-    with the suite's key, instead of as FAILED stage runs half-way through a grid. Only
-    ``UserError`` counts here: anything else a plugin raises is left for the stage run to
-    record, with its traceback.
-    """
-    by_key = {r.key: r for r in runs}
-    methods: dict[str, object] = {}
-
-    def method_of(run: StageRun):
-        stage_data = data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
-        key = json.dumps([run.method.spec(), run.architecture.spec(), run.dataset.spec(),
-                          sorted((r, by_key[k].method.spec(), by_key[k].architecture.spec())
-                                 for r, k in run.refs.items())], sort_keys=True, default=str)
-        if key in methods:
-            return methods[key]
-        methods[key] = None  # anything but a UserError: the stage run records it
-        upstream = {}
-        for r, k in run.refs.items():
-            upstream[r] = method_of(by_key[k])
-            if upstream[r] is None:
-                return None
-        method = _build_untrained(suite, plugins, run, stage_data, upstream)
-        methods[key] = method
-        return method
-
-    for run in runs:
-        try:
-            resolve_device(str(run.run["device"]))
-        except UserError as err:
-            raise UserError(err.message, file=suite.path, key=f"stages.{run.stage}.device",
-                            hint=err.hint) from None
-        method_of(run)
-
-
 class Driver:
     """One invocation of ``harness run``: records every stage run it starts, whatever happens."""
 
     def __init__(self, plan: Plan, tracker: Tracker, plugins, *, home: Path, data_root: Path,
                  executor, progress: Progress, command: str, plugin_modules=(), cores: int | None = None,
                  resume: bool = False, checkpoint_every: float = 30.0, force: bool = False,
-                 selected: set[tuple] | None = None, log_model: str = "pickle"):
+                 selected: set[tuple] | None = None, log_model: str = "pickle",
+                 summary: Callable[[Tracker, Plan, str], object] | None = None):
         self.plan, self.tracker, self.plugins = plan, tracker, plugins
         self.home, self.data_root, self.executor = home, data_root, executor
         self.progress, self.command = progress, command
         self.plugin_modules = tuple(plugin_modules)
-        if cores is None:
-            cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                     else os.cpu_count() or 1)
-        self.cores = cores
+        self.cores = cores_here() if cores is None else cores
         self.by_key = {r.key: r for r in plan.runs}
         self.by_identity = {plan.identities[r.key]: r for r in plan.runs}
         self.finished_runs: dict[str, FinishedRun] = {}
@@ -272,6 +68,8 @@ class Driver:
         self.resume, self.checkpoint_every = resume, checkpoint_every
         self.force, self.selected = force, selected
         self.log_model = log_model
+        #: ``summary(tracker, plan, command)`` gives the parent run the report's tables
+        self.summary = summary
         #: seconds spent on MLflow's dataset and model records (the report's tracking cost)
         self.record_seconds = 0.0
 
@@ -369,12 +167,12 @@ class Driver:
                 signal.signal(signal.SIGINT, previous)
 
     def summarize(self) -> None:
-        """The report's tables and claim verdicts on the parent run (harness.report.log_summary);
-        a failure there is a warning, never a failed invocation."""
-        from .report import log_summary
-
+        """The report's tables and claim verdicts on the parent run (``summary``); a failure
+        there is a warning, never a failed invocation."""
+        if self.summary is None:
+            return
         try:
-            log_summary(self.tracker, self.plan, self.command)
+            self.summary(self.tracker, self.plan, self.command)
         except Exception as exc:  # noqa: BLE001
             self.progress.say(f"warning: no summary on the parent run: {type(exc).__name__}: {exc}")
 
@@ -432,7 +230,7 @@ class Driver:
             checkpoint_every=self.checkpoint_every)
 
     def stage_data(self, run: StageRun) -> StageData:
-        return self.plan.data[_data_key(run.dataset.spec(), bool(run.run.get("download")))]
+        return self.plan.stage_data(run)
 
     def execute_here(self, task: StageTask) -> StageResult:
         run = self.by_identity[task.identity]
@@ -477,8 +275,9 @@ class Driver:
             info = self.tracker.client.get_run(run_id).info
             self.finished_runs[self.plan.identities[run.key]] = FinishedRun(run_id, run.name,
                                                                              info.artifact_uri)
-            acc = result.summary.get("test_acc")
-            detail = f"test_acc={acc:.4f}" if acc is not None else ""
+            metric = self.plan.suite.setting(run.setting).report.metric.removeprefix("final_")
+            value = result.summary.get(metric)
+            detail = f"{metric}={value:.4f}" if value is not None else ""
             self.progress.done(run.name, "FINISHED", f"{detail} {result.summary.get('train_seconds', 0):.1f}s")
         else:
             self.outcome.failed += 1
@@ -518,153 +317,3 @@ class Driver:
             f"{TAG}git_commit": self.commit,
             f"{TAG}versions": json.dumps(self.versions, sort_keys=True),
         }
-
-
-# -- harness plan --------------------------------------------------------------------------------
-_COST_RUN_KEYS = ("run.batch_size", "run.device", "run.threads", "evaluate")
-
-
-def _cost_key(params: dict[str, str], *, with_method: bool = True) -> str:
-    """What the speed of an epoch depends on: data, network, method, batch, device, evaluators."""
-    prefixes = ("dataset.", "architecture.") + (("method.",) if with_method else ())
-    keep = {k: v for k, v in params.items()
-            if (k.startswith(prefixes) and k != "method.label") or k in _COST_RUN_KEYS}
-    if not with_method:
-        keep.pop("evaluate", None)
-    return json.dumps(keep, sort_keys=True)
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "?"
-    if value < 90:
-        return f"{value:.0f} s"
-    if value < 5400:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
-def recorded_speeds(tracker: Tracker | None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall seconds per epoch (training, evaluators and bookkeeping) of every finished stage run
-    in the store, by cost key with and without the method."""
-    exact: dict[str, list[float]] = {}
-    loose: dict[str, list[float]] = {}
-    if tracker is None:
-        return exact, loose
-    experiments = [e.experiment_id for e in tracker.client.search_experiments()]
-    runs, token = [], None
-    while experiments:
-        page = tracker.client.search_runs(
-            experiments, f"tags.`{TAG}identity` != '' and attributes.status = 'FINISHED'",
-            max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    for r in runs:
-        params = r.data.params
-        try:
-            epochs = int(params["run.epochs"]) - int(params.get("measured.resumed_from_epoch", 0))
-        except (KeyError, ValueError):
-            continue
-        if epochs <= 0 or not r.info.end_time or not r.info.start_time:
-            continue
-        per_epoch = (r.info.end_time - r.info.start_time) / 1000 / epochs
-        exact.setdefault(_cost_key(params), []).append(per_epoch)
-        loose.setdefault(_cost_key(params, with_method=False), []).append(per_epoch)
-    return exact, loose
-
-
-def _makespan(order: list[tuple], deps: dict[tuple, list[tuple]], cost: dict[tuple, float],
-              workers: int) -> float:
-    """Greedy list scheduling, as the parallel executors dispatch: in order, when the upstream
-    runs finished and a worker is free."""
-    done: dict[tuple, float] = {}
-    free = [0.0] * max(1, workers)
-    remaining = list(order)
-    while remaining:
-        job = next((k for k in remaining if all(d in done for d in deps[k])), remaining[0])
-        w = min(range(len(free)), key=free.__getitem__)
-        start = max([free[w]] + [done.get(d, 0.0) for d in deps[job]])
-        done[job] = free[w] = start + cost[job]
-        remaining.remove(job)
-    return max(done.values(), default=0.0)
-
-
-def _estimate_line(order: list[tuple], deps: dict, cost: dict[tuple, float], jobs: int,
-                   unknown: int) -> str:
-    """The time of what is to run; a stage run with no recorded speed counts as 0, so the sum
-    is "at least", and "unknown" when no stage run has one ("0 s" would be a wrong answer)."""
-    if unknown == len(order):
-        return "estimated time: unknown (no recorded speeds in the store yet)"
-    at_least = "at least " if unknown else ""
-    text = f"estimated time: {at_least}{_seconds(sum(cost.values()))} one after another"
-    if jobs > 1:
-        text += f", {at_least or 'about '}{_seconds(_makespan(order, deps, cost, jobs))} with -j {jobs}"
-    if unknown:
-        text += f"; unknown for {unknown} of {len(order)} stage runs (no recorded speed yet)"
-    return text
-
-
-def plan_text(plan: Plan, tracker: Tracker | None, home: Path, jobs: int) -> str:
-    """What ``harness plan`` prints: the stage runs a ``run`` would execute, those finished, and
-    an estimate of the time from the speeds recorded in the store."""
-    import statistics
-
-    finished = tracker.finished() if tracker is not None else {}
-    running: set[str] = set()
-    if tracker is not None:
-        running = {r.data.tags.get(f"{TAG}identity") for r in tracker.runs("RUNNING")}
-    exact, loose = recorded_speeds(tracker)
-    stale = stale_runs(plan, tracker)
-    todo = plan.todo(finished)
-    todo_keys = {r.key for r in todo}
-    by_key = {r.key: r for r in plan.runs}
-    lines = []
-    profile = f", profile {plan.suite.profile!r}" if plan.suite.profile else ""
-    lines.append(f"suite {plan.suite.name!r}{profile}: {len(plan.runs)} stage runs, "
-                 f"{len(plan.runs) - len(todo)} finished, {len(todo)} to run"
-                 + (f" ({len(stale)} of them stale: finished with other code)" if stale else ""))
-    cost: dict[tuple, float] = {}
-    unknown = approx = 0
-    if todo:
-        lines.append("to run:")
-        width = max(len(r.name) for r in todo)
-        for r in todo:
-            params = run_params(r)
-            epochs = int(r.run["epochs"])
-            ident = plan.identities[r.key]
-            saved = resume_progress(home, ident)
-            left = epochs - (saved["epoch"] if saved else 0)
-            speeds, mark = exact.get(_cost_key(params)), ""
-            if not speeds:
-                speeds, mark = loose.get(_cost_key(params, with_method=False)), "~"
-            estimate = statistics.median(speeds) * left if speeds else None
-            cost[r.key] = estimate or 0.0
-            unknown += estimate is None
-            approx += bool(speeds and mark)
-            notes = [f"stale: {stale[r.key]}"] if r.key in stale else []
-            if saved:
-                notes.append(f"saved at epoch {saved['epoch']}: --resume does the last {left}")
-            if ident in running:
-                notes.append("marked RUNNING in the store")
-            after = [by_key[k].name for k in r.upstream_keys() if k in todo_keys]
-            if after:
-                notes.append("after " + ", ".join(after))
-            est = f"{mark}{_seconds(estimate)}" if estimate is not None else "unknown"
-            lines.append(f"  {r.name:<{width}}  epochs {epochs:>6}  {est:>9}"
-                         + (f"  ({'; '.join(notes)})" if notes else ""))
-    done_runs = [r for r in plan.runs if r.key not in todo_keys]
-    if done_runs:
-        lines.append("finished:")
-        width = max(len(r.name) for r in done_runs)
-        for r in done_runs:
-            lines.append(f"  {r.name:<{width}}  MLflow run {finished[plan.identities[r.key]].run_id}")
-    if todo:
-        deps = {r.key: [k for k in r.upstream_keys() if k in todo_keys] for r in todo}
-        order = [r.key for r in todo]
-        lines.append(_estimate_line(order, deps, cost, jobs, unknown))
-        if approx:
-            lines.append("~: from the speed of the same data, network and batch size with another "
-                         "method")
-    return "\n".join(lines)

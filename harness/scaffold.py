@@ -131,7 +131,7 @@ def harness_register_evaluators(register):
 }
 
 SUITE = '''suite: {name}
-description: {title}, against plain training, on scikit-learn's digits (offline).
+description: {title}, against plain training, on {dataset_note}.
 defaults: {{optimizer: adam, lr: 1.0e-3, batch_size: 64, epochs: 5, threads: 1}}
 seeds: 2
 grid:
@@ -139,6 +139,7 @@ grid:
   dataset: [{dataset}]
   architecture: [{architecture}]
 evaluate: [{evaluate}]
+report: {{baseline: {baseline}, metric: {metric}}}
 profiles:
   smoke: {{epochs: 1, seeds: 1}}
 '''
@@ -181,18 +182,25 @@ def _names(kind: str, name: str) -> dict[str, str]:
             "obj": cls if kind in ("method", "evaluator") else name}
 
 
-def scaffold(kind: str, name: str, folder: Path) -> Path:
-    """Write the package ``folder / name`` (refused if it exists); return its path."""
+def scaffold(kind: str, name: str, folder: Path, around: dict[str, str]) -> Path:
+    """Write the package ``folder / name`` (refused if it exists); return its path. ``around``
+    names the installed plugins its suite puts the new one among (the ``scaffold`` entry of
+    ``harness_suite_defaults``): ``baseline``, ``dataset`` (with ``dataset_note``, its words in
+    the suite's description), ``architecture``, ``vector_architecture`` (for a new data set,
+    whose template gives flat vectors), ``evaluator`` and ``metric``."""
     names = _names(kind, name)
     root = Path(folder) / name
     if root.exists():
         raise UserError(f"{root} exists already", key="--dir", hint="choose another name or --dir")
-    grid = {"methods": f"[std, {name}]" if kind == "method" else "[std]",
-            "dataset": name if kind == "dataset" else "digits",
-            "architecture": name if kind == "architecture" else "small_cnn",
-            "evaluate": f"accuracy, {name}" if kind == "evaluator" else "accuracy"}
+    base, evaluator = around["baseline"], around["evaluator"]
+    grid = {"methods": f"[{base}, {name}]" if kind == "method" else f"[{base}]",
+            "dataset": name if kind == "dataset" else around["dataset"],
+            "dataset_note": f"its own {name}" if kind == "dataset" else around["dataset_note"],
+            "architecture": name if kind == "architecture" else around["architecture"],
+            "evaluate": f"{evaluator}, {name}" if kind == "evaluator" else evaluator,
+            "baseline": base, "metric": around["metric"]}
     if kind == "dataset":
-        grid["architecture"] = "mi_mlp"
+        grid["architecture"] = around["vector_architecture"]
     (root / "suites").mkdir(parents=True)
     (root / "tests").mkdir()
     (root / "pyproject.toml").write_text(PYPROJECT.format(**names))

@@ -13,6 +13,7 @@ is MLflow's business.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -45,7 +46,7 @@ class StoreState:
 
 def _head_revision() -> str:
     """The schema revision this MLflow creates stores at (its alembic head)."""
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's ORM: only to check a store
 
     return _get_latest_schema_revision()
 
@@ -109,9 +110,7 @@ def _clean_leftovers(path: Path) -> None:
 def _create(path: Path, artifact_root: str) -> None:
     """Migrate a new store in a temporary file and link it into place, all or nothing: a
     second process that won the race keeps its store, and this one's is discarded."""
-    import logging
-
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # only to create a store
 
     for name in ("mlflow", "alembic"):  # schema-migration chatter
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from . import store_file
 from .errors import UserError
@@ -77,16 +79,37 @@ def _installed_version(dist: str) -> str | None:
         return None
 
 
-def search_all(client, experiment_id: str, flt: str) -> list:
-    """Every run of the experiment that matches ``flt``, all pages of MLflow's search."""
+def mlflow_client(uri: str):
+    """The one way the harness opens a store: MLflow's client, with the schema-migration
+    chatter of a new store (MLflow's and alembic's INFO lines) silenced."""
+    from mlflow.tracking import MlflowClient  # a slow import: only when a store is opened
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def local_artifacts(artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when the store keeps them on this file system
+    (``file://`` or a plain path), else None (a server's artifacts are downloaded)."""
+    if artifact_uri.startswith("file://"):
+        return Path(unquote(urlparse(artifact_uri).path))
+    if artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
+
+
+def search_all(client, experiment_ids: str | list[str], flt: str) -> list:
+    """Every run of the experiments that matches ``flt``, all pages of MLflow's search."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
     out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=flt, max_results=1000,
-                                  page_token=token)
+    while ids:
+        page = client.search_runs(ids, filter_string=flt, max_results=1000, page_token=token)
         out.extend(page)
         token = page.token
         if not token:
-            return out
+            break
+    return out
 
 
 def library_versions() -> dict[str, str]:
@@ -192,13 +215,6 @@ class Tracker:
 
     def __init__(self, home: Path, suite_name: str, *, create: bool = True,
                  description: str = ""):
-        import logging
-
-        from mlflow.tracking import MlflowClient  # a slow import: only when tracking is needed
-
-        for name in ("mlflow", "alembic"):  # schema-migration chatter on a new store
-            logging.getLogger(name).setLevel(logging.WARNING)
-
         self.home = home
         self.uri = tracking_uri(home)
         self.note: str | None = None  # what was repaired, for the user
@@ -207,7 +223,7 @@ class Tracker:
             check_writable(home)
             if db is not None:
                 self.note = store_file.ensure_store(db, (home / "artifacts").as_uri())
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = mlflow_client(self.uri)
         self.suite_name = suite_name
         if create:
             self.experiment_id = self._experiment(suite_name)
@@ -255,17 +271,15 @@ class Tracker:
         """Stage runs of this invocation still marked RUNNING."""
         if self.parent_id is None:
             return []
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
-                                                f"and attributes.status = 'RUNNING'",
-            max_results=5000)
+        return search_all(self.client, self.experiment_id,
+                          f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                          f"and attributes.status = 'RUNNING'")
 
     def reap_orphans(self) -> tuple[int, list]:
         """Mark as KILLED the runs left RUNNING by a ``harness run`` that died (SIGKILL, power
         loss): its parent run and every stage run it had started. Returns how many stage runs
         were marked, and the invocations that are still alive (or on another host, unknown)."""
-        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
-                                          max_results=5000)
+        running = search_all(self.client, self.experiment_id, "attributes.status = 'RUNNING'")
         parents = {r.info.run_id: r for r in running if r.data.tags.get(f"{TAG}kind") == "invocation"}
         live = {pid: r for pid, r in parents.items() if invocation_alive(r.data.tags) is not False}
         marked = 0
@@ -290,12 +304,9 @@ class Tracker:
 
     def artifact_path(self, run: FinishedRun, path: str) -> str:
         """A local path to one artifact: the file itself for a local store, else a download."""
-        uri = run.artifact_uri
-        if uri.startswith("file://") or uri.startswith("/"):
-            from urllib.parse import unquote, urlparse
-            local = Path(unquote(urlparse(uri).path)) / path
-            if local.exists():
-                return str(local)
+        root = local_artifacts(run.artifact_uri)
+        if root is not None and (root / path).exists():
+            return str(root / path)
         cache = self.home / "cache" / run.run_id
         cache.mkdir(parents=True, exist_ok=True)
         return self.client.download_artifacts(run.run_id, path, str(cache))
@@ -322,7 +333,7 @@ class Tracker:
     def finish_parent(self, status: str, summary: dict[str, float]) -> None:
         if self.parent_id is None:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # MLflow is imported only once a store is opened
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0)
                                                        for k, v in summary.items()])
@@ -330,7 +341,7 @@ class Tracker:
 
     def start_child(self, name: str, tags: dict[str, str], params: dict[str, str],
                     config: dict) -> str:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # as above
         all_tags = {"mlflow.parentRunId": self.parent_id, **tags}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
@@ -342,7 +353,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, rows: list[dict[str, float]]) -> None:
         """Per-epoch rows (each with its 'epoch') as MLflow metrics, in batches."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # MLflow is imported only once a store is opened
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(row["epoch"]))
                    for row in rows for k, v in row.items() if k != "epoch"]
@@ -351,7 +362,7 @@ class Tracker:
 
     def finish_child(self, run_id: str, status: str, summary: dict[str, float],
                      params: dict[str, Any], artifact_dir: str | None, tags: dict[str, str]) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # as above
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness.claims import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, evaluate, parse, stage_rows)
+from harness import claims
+from harness.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, evaluate
 from harness.cli import main
 from harness.errors import UserError
-from harness.suite import load_suite
+from harness.suite import load_suite, stage_rows
+
+parse = partial(claims.parse, metric="test_acc")  # the headline metric the suites declare
 
 SUITE = """
 suite: mi
@@ -110,7 +114,7 @@ def test_reference_values_give_mean_std_and_n(write_suite):
 
     setting = load_suite(write_suite(suite_text(
         reference="{B: {Std: {values: [0.966, 0.958, 0.984, 0.974, 0.989], source: Table 2}}}"))).settings[0]
-    (ref,) = parse_reference(setting.reference, stage_rows(setting), file="x")
+    (ref,) = parse_reference(setting.reference, stage_rows(setting), file="x", metric="test_acc")
     assert ref.mean == pytest.approx(0.9742) and ref.n == 5 and ref.source == "Table 2"
     assert ref.std == pytest.approx(np.std([0.966, 0.958, 0.984, 0.974, 0.989], ddof=1))
 

@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import runner
+from harness import plan
 from harness.cli import main
 from harness.plugins import load
 
@@ -47,14 +47,14 @@ def dump(tree) -> str:
 def validate(tmp_path, monkeypatch, isolated_home):
     """Write the input as a suite, run ``harness validate`` on it in this process, and check
     the exit code, the absence of a traceback and that nothing was written."""
-    real = runner.build_stage_data
+    real = plan.build_stage_data
 
     @functools.lru_cache(maxsize=None)
     def cached(key: str):
         spec, root, download = json.loads(key)
         return real(load(), spec, root, download)
 
-    monkeypatch.setattr(runner, "build_stage_data", lambda plugins, spec, root, download: cached(
+    monkeypatch.setattr(plan, "build_stage_data", lambda plugins, spec, root, download: cached(
         json.dumps([spec, root, download], sort_keys=True, default=str)))
     suite = tmp_path / "fuzz.yaml"
 

@@ -74,7 +74,7 @@ def test_claims_and_references_name_real_rows():
             assert setting.claims
             for claim in setting.claims:
                 from harness.claims import parse
-                c = parse(claim)
+                c = parse(claim, metric=setting.report.metric)
                 for side in rows_of(c.left) + rows_of(c.right):
                     assert (setting.name, side.stage, side.label) in rows, claim
     cifar = load_suite(CIFAR).settings[0].reference

@@ -125,7 +125,7 @@ def check_evaluator(cls, options=None, *, method=None, on_fail="raise"):
 def parametrize_with_checks(plugins: list[PluginUnderTest]):
     """A pytest parametrize mark with one case per (plugin, check), ids ``Label-check_name``,
     and ``expected_failed_checks`` as xfail; the test body is ``check(plugin)``."""
-    import pytest
+    import pytest  # the kit runs outside pytest too (check_method, harness plugins --check)
 
     cases = []
     for plugin in plugins:

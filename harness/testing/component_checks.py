@@ -13,7 +13,7 @@ import torch
 from ..api import DataBundle, DatasetContext, EvalContext
 from ..train.build import StageData, build_method
 from .method_checks import CheckFailed
-from .tiny import KIT_NET, kit_plugins, tiny_data
+from .tiny import KIT_METHOD, KIT_NET, kit_plugins, tiny_data
 
 __all__ = ["dataset_checks", "architecture_checks", "evaluator_checks"]
 
@@ -73,13 +73,13 @@ def check_architecture_fits(factory, options: dict[str, Any], shapes, classes) -
 
 def check_evaluator_returns_finite_floats(cls, options: dict[str, Any],
                                           method_spec: dict[str, Any] | None = None) -> None:
-    """On a fresh network of ``method_spec`` (default std) the evaluator returns named finite
-    floats, and it pickles (the resume state keeps evaluators that collect points across
-    epochs)."""
+    """On a fresh network of ``method_spec`` (default plain cross-entropy) the evaluator
+    returns named finite floats, and it pickles (the resume state keeps evaluators that collect
+    points across epochs)."""
     plugins = kit_plugins()
     data = StageData({"target": tiny_data()})
     main = data.main
-    method = build_method(plugins, method_spec or {"name": "std"}, {"name": KIT_NET}, data=data,
+    method = build_method(plugins, method_spec or {"name": KIT_METHOD}, {"name": KIT_NET}, data=data,
                           input_shape=main.input_shape, num_classes=main.num_classes, stage="kit",
                           seed=0, epochs=1, device=torch.device("cpu"))
     evaluator = cls(**options)

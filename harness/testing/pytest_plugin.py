@@ -21,7 +21,7 @@ def harness_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def run_suite(harness_home):
-    from harness.cli import main
+    from harness.cli import main  # pytest loads this plugin in every test run: the CLI only when used
 
     def run(path, *args) -> int:
         return main(["run", str(path), "--quiet", "--home", str(harness_home), *map(str, args)])

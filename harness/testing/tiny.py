@@ -8,15 +8,17 @@ that trains a method four times takes well under a second.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..api import DataBundle, DatasetContext, Split
+from ..api import DataBundle, DatasetContext, Method, Split
 from ..plugins import Entry, Plugins
 
-__all__ = ["tiny_data", "tiny_net", "kit_plugins", "KIT_DATA", "KIT_NET"]
+__all__ = ["tiny_data", "tiny_net", "kit_plugins", "KIT_DATA", "KIT_NET", "KIT_METHOD"]
 
 KIT_DATA = "kit_images"
 KIT_NET = "kit_net"
+KIT_METHOD = "kit_plain"
 _BASE: Plugins | None = None
 
 
@@ -47,6 +49,14 @@ def tiny_net(input_shape, num_classes: int) -> nn.Sequential:
     return net
 
 
+class KitPlain(Method):
+    """Plain cross-entropy: the network an evaluator is checked on, trained by no plugin in
+    particular (the kit names no installed method)."""
+
+    def loss(self, batch):
+        return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
+
+
 def kit_plugins(extra: dict[str, dict[str, object]] | None = None) -> Plugins:
     """The installed plugins plus the kit's data and network, and ``extra`` entries
     (``{"methods": {"name": cls}}``) for plugins checked before they are installed."""
@@ -57,7 +67,8 @@ def kit_plugins(extra: dict[str, dict[str, object]] | None = None) -> Plugins:
     plugins.__dict__.update(_BASE.__dict__)
     plugins.registries = {kind: type(reg)(reg.kind, dict(reg.entries))
                           for kind, reg in _BASE.registries.items()}
-    entries = {"datasets": {KIT_DATA: tiny_data}, "architectures": {KIT_NET: tiny_net}}
+    entries = {"datasets": {KIT_DATA: tiny_data}, "architectures": {KIT_NET: tiny_net},
+               "methods": {KIT_METHOD: KitPlain}}
     for kind, named in (extra or {}).items():
         entries.setdefault(kind, {}).update(named)
     for kind, named in entries.items():

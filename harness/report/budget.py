@@ -7,8 +7,8 @@ The paper's budget is the suite's ``paper`` profile, where it has one.
 
 from __future__ import annotations
 
-from .suite import Suite, expand, parse_suite
-from .tracking import TAG
+from ..suite import Suite, expand, parse_suite
+from ..tracking import TAG
 
 PAPER_PROFILE = "paper"
 
@@ -68,7 +68,7 @@ def paper_runs(suite: Suite) -> list | None:
     """The stage runs of the suite's ``paper`` profile, None when it has none (or is it)."""
     if suite.profile == PAPER_PROFILE or PAPER_PROFILE not in (suite.raw.get("profiles") or {}):
         return None
-    return expand(parse_suite(suite.raw, suite.path, PAPER_PROFILE))
+    return expand(parse_suite(suite.raw, suite.path, PAPER_PROFILE, defaults=suite.defaults))
 
 
 def budget_rows(sd, paper: list | None) -> tuple[list[str], list[list[str]]]:

@@ -1,0 +1,135 @@
+"""Matching the plan with the store: each planned stage run with what the store holds for its
+identity (finished, failed, skipped, running, killed or missing), grouped by setting, with the
+claims decided on the finished ones."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ..claims import Claim, Reference, Verdict, check_claims, evaluate, parse_reference, side_values
+from ..suite import Setting, StageRun, Suite, stage_rows
+from ..tracking import TAG
+from .store import RunRecord, Store
+
+FINISHED, FAILED, SKIPPED, RUNNING, KILLED, MISSING = (
+    "finished", "failed", "skipped", "running", "killed", "missing")
+
+
+@dataclass
+class Planned:
+    run: StageRun
+    identity: str
+    state: str
+    record: RunRecord | None = None
+    reason: str = ""
+
+
+@dataclass
+class SettingData:
+    setting: Setting
+    rows: dict[str, list[str]]  # stage -> row labels
+    planned: list[Planned]
+    claims: list[Claim]
+    references: list[Reference]
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        """The headline metric of the setting's tables (its ``report: {metric: ...}``)."""
+        return self.setting.report.metric
+
+    def finished(self) -> list[RunRecord]:
+        return [p.record for p in self.planned if p.state == FINISHED]
+
+    def values(self, stage: str, row: str, metric: str | None = None) -> dict[int, float]:
+        """replicate -> the metric (the headline one by default) of the finished run of
+        (stage, row)."""
+        metric = metric or self.metric
+        out = {}
+        for p in self.planned:
+            if p.state == FINISHED and p.run.stage == stage and p.run.row == row:
+                v = p.record.metrics.get(metric)
+                if v is not None and math.isfinite(v):
+                    out[p.run.replicate] = float(v)
+        return dict(sorted(out.items()))
+
+    def expected(self, stage: str, row: str) -> list[Planned]:
+        return [p for p in self.planned if p.run.stage == stage and p.run.row == row]
+
+    def row_order(self) -> list[str]:
+        order: list[str] = []
+        for ref in self.setting.grid.get("method", []):
+            if ref.label not in order:
+                order.append(ref.label)
+        for labels in self.rows.values():
+            for label in labels:
+                if label not in order:
+                    order.append(label)
+        return order
+
+
+@dataclass
+class ReportData:
+    suite: Suite
+    store_uri: str
+    settings: list[SettingData]
+    stale: int  # finished stage runs of this suite's experiment that match no planned identity
+    invocations: dict[str, dict[str, str]]
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [v for s in self.settings for v in s.verdicts]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for s in self.settings:
+            for p in s.planned:
+                out[p.state] += 1
+        return dict(out)
+
+
+def collect(suite: Suite, runs: list[StageRun], identities: dict[tuple, str], store: Store) -> ReportData:
+    """Pair every planned stage run with what the store holds for its identity."""
+    records = store.stage_runs()
+    by_identity: dict[str, list[RunRecord]] = defaultdict(list)
+    for rec in records:
+        by_identity[rec.identity].append(rec)
+    planned_ids = set(identities.values())
+    settings = []
+    for setting in suite.settings:
+        rows = stage_rows(setting)
+        claims = check_claims(setting.claims, rows, file=suite.path, metric=setting.report.metric)
+        refs = parse_reference(setting.reference, rows, file=suite.path,
+                               metric=setting.report.metric)
+        planned = []
+        for run in runs:
+            if run.setting != setting.name:
+                continue
+            ident = identities[run.key]
+            planned.append(_match(run, ident, by_identity.get(ident, [])))
+        data = SettingData(setting, rows, planned, claims, refs)
+        data.verdicts = [evaluate(c, side_values(c.left, data.values, c.metric),
+                                  side_values(c.right, data.values, c.metric),
+                                  setting=setting.name) for c in claims]
+        settings.append(data)
+    stale = len({r.identity for r in records if r.status == "FINISHED" and r.identity not in planned_ids})
+    return ReportData(suite, store.uri, settings, stale, store.invocations())
+
+
+def _match(run: StageRun, ident: str, records: list[RunRecord]) -> Planned:
+    done = [r for r in records if r.status == "FINISHED"]
+    if done:
+        return Planned(run, ident, FINISHED, done[-1])
+    if not records:
+        return Planned(run, ident, MISSING)
+    last = records[-1]
+    if last.status == "RUNNING":
+        return Planned(run, ident, RUNNING, last)
+    if last.status == "FAILED":
+        return Planned(run, ident, FAILED, last, last.reason)
+    if last.tags.get(f"{TAG}skipped"):
+        return Planned(run, ident, SKIPPED, last, last.reason)
+    return Planned(run, ident, KILLED, last, last.reason or "interrupted")
+
