@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from harness.api import (Method, Stream, UserError, check_choice, check_non_negative,
                          fisher_samples, hookimpl, normalize_max)
@@ -195,10 +196,18 @@ class CETL(Method):
     def _source_code(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.source(x))
 
+    @torch.no_grad()
+    def _recons1(self, x: torch.Tensor) -> torch.Tensor:
+        """L_r^t's target T1(A(S(x))), detached: in Algorithm 1 "recons1", the reconstruction
+        of stage 1, i.e. T1 as stage 1 left it (the anchor of DWA1, set on entering stage 2),
+        so stage 2 does not chase a target its own T1 updates move; in e2e the current T1."""
+        code = self._source_code(x)
+        if self.schedule == "e2e":
+            return self.decoder(code)
+        return functional_call(self.decoder, self.dwa1.anchors(), (code,))
+
     def _recon_t(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = self.decoder(self._source_code(x))
-        return recon_loss(self.coupled(x), target, self.reduction)
+        return recon_loss(self.coupled(x), self._recons1(x), self.reduction)
 
     def _labelled(self, batches):
         return batches["labelled" if self.mode == "adapt" else "target"]
@@ -279,6 +288,8 @@ class CETL(Method):
             stage = 0
         elif stage == 1 and r > 0 and self.variant in ("f", "u"):
             stage = 0  # T1 o S was trained in round one; it is fixed from then on
+        if entering and stage == 2:
+            self.dwa1.anchor_at(dict(self.decoder.named_parameters()))  # recons1's T1
         if entering and stage in (2, 3) and self._uses_fisher():
             self._stage_end_fisher(r, stage)
         self.round, self.stage = r, stage
@@ -312,8 +323,7 @@ class CETL(Method):
             out = fisher_samples(self.decoder, code, x, batches=k, loss_fn=mse, chunk=chunk)
             return {"t1": out}
         if task == "recon_t":
-            with torch.no_grad():
-                target = self.decoder(self._source_code(x))
+            target = self._recons1(x)
             out = fisher_samples(self.coupled, x, target, batches=k, loss_fn=mse, chunk=chunk)
             return {"t1": {n[len("decoder."):]: v for n, v in out.items() if n.startswith("decoder.")},
                     "t2": {n[len("t2."):]: v for n, v in out.items() if n.startswith("t2.")}}

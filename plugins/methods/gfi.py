@@ -125,12 +125,22 @@ class DWA(nn.Module):
             self.register_buffer(f"anchor_{i}", p.detach().clone())
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
 
+    def anchor_at(self, params: dict[str, nn.Parameter]) -> None:
+        """theta* = the current ``params`` (by name), without changing the GFI."""
+        with torch.no_grad():
+            for i, name in enumerate(self.names):
+                getattr(self, f"anchor_{i}").copy_(params[name].detach())
+
+    def anchors(self) -> dict[str, torch.Tensor]:
+        """theta* by parameter name."""
+        return {name: getattr(self, f"anchor_{i}") for i, name in enumerate(self.names)}
+
     def set(self, gfi: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
-        """Anchor at the current ``params`` with weights ``gfi`` (both by name)."""
+        """Anchor at the current ``params`` with weights ``gfi`` (both by name), and activate."""
+        self.anchor_at(params)
         with torch.no_grad():
             for i, name in enumerate(self.names):
                 getattr(self, f"gfi_{i}").copy_(gfi[name])
-                getattr(self, f"anchor_{i}").copy_(params[name].detach())
             self.active.fill_(True)
 
     def penalty(self, params: dict[str, nn.Parameter], weight: float) -> torch.Tensor:
