@@ -112,7 +112,7 @@ def test_the_dwa_terms_appear_where_algorithm_1_puts_them(tmp_path, source, plug
     assert "loss_stage1_dwa2" not in rows[0]                 # no DWA2 in the first round
     assert "loss_stage2_dwa1" in rows[1] and "loss_stage3_dwa3" in rows[2]
     assert "loss_stage1_dwa2" in rows[3]                      # DWA2 from round two on
-    assert 0 < rows[2]["gfi3_kept"] < 1 and rows[0]["gfi1_kept"] == 0
+    assert 0 < rows[1]["gfi1_kept"] < 1 and rows[0]["gfi1_kept"] == 0
     plain = cetl(tmp_path / "e", source, plugins, epochs=4, variant="e")
     assert not any(k.startswith("loss_") and "dwa" in k for row in plain.history for k in row)
 

@@ -40,8 +40,9 @@ teacher, T2 a much smaller student, the same data); ``adapt`` has no target labe
 role must be wholly unlabelled (``labels: 0``), reconstruction reads its ``unlabelled`` split and
 stage 3 (and L_c^t's Fisher) the labelled ``source`` role instead (Sec. 3.4.3, scenario 2).
 
-Readings (the paper does not give them), each an option: ``dwa_weight`` (lambda, 1; the Fisher
-is normalised to a maximum of 1), ``reduction`` (``sum``: Eq. 2's per-sample squared norm),
+Readings (the paper does not give them), each an option: ``dwa_weight`` (lambda; ``auto``: the
+raw Fisher's maximum, which the normalisation of F divided out, so the DWA is on the scale of the
+previous task's loss, see ``plugins.methods.gfi``; or a number), ``reduction`` (``sum``: Eq. 2's per-sample squared norm),
 ``fisher_batches`` (K = 16 per-batch Fisher samples for RF) of ``fisher_batch`` (16) samples,
 drawn afresh at each stage end from a generator seeded by (seed, round, stage), ``rf``
 (``quantile`` with ``bins: 4``, or ``gaussian``), ``source_layer`` (``auto``: ``penultimate`` in
@@ -96,7 +97,7 @@ class CETL(Method):
     def __init__(self, model, ctx, *, mode: str = "transfer", variant: str = "gfi",
                  schedule: str = "algorithm1", source: str = "source", source_layer: str = "auto",
                  target_layer: str | None = None, stage_epochs=(1, 1, 1), rounds: int | None = None,
-                 tol: float = 0.01, dwa_weight: float = 1.0, u: float = 0.5, p: float = 0.9,
+                 tol: float = 0.01, dwa_weight="auto", u: float = 0.5, p: float = 0.9,
                  rf: str = "quantile", bins: int = 4, fisher_batches: int = 16,
                  fisher_batch: int = 16, reduction: str = "sum", weights=(1.0, 1.0, 1.0),
                  source_role: str = "source"):
@@ -138,7 +139,8 @@ class CETL(Method):
         self.stage_epochs = _three(stage_epochs, "stage_epochs", _positive_int)
         self.rounds = None if rounds is None else _positive_int(rounds, "rounds")
         self.tol = check_non_negative(tol, "tol")
-        self.dwa_weight = check_non_negative(dwa_weight, "dwa_weight")
+        self.dwa_weight = None if dwa_weight == "auto" else check_non_negative(dwa_weight,
+                                                                                  "dwa_weight")
         self.weights = _three(weights, "weights", check_non_negative)
         for key, value in (("u", u), ("p", p)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -156,10 +158,6 @@ class CETL(Method):
     def _check_data(self, ctx) -> None:
         if not ctx.data:  # rebuilt from a checkpoint as a reference: it trains no more
             return
-        if self.schedule == "algorithm1" and ctx.epochs < sum(self.stage_epochs):
-            raise UserError(f"one round of Algorithm 1 takes {sum(self.stage_epochs)} epochs "
-                            f"(stage_epochs {list(self.stage_epochs)}), the run has {ctx.epochs}",
-                            key="epochs", hint=f"give epochs: {sum(self.stage_epochs)} or more")
         if self.mode != "adapt":
             return
         target = ctx.data.get("target")
@@ -330,11 +328,13 @@ class CETL(Method):
         out = fisher_samples(self.model, x, y, batches=k, loss_fn=F.cross_entropy, chunk=chunk)
         return {"t2": out}
 
-    def _gfi(self, own: dict, other: dict, seed: int) -> dict[str, torch.Tensor]:
-        fisher = normalize_max({n: v.mean(0) for n, v in own.items()})
+    def _gfi(self, own: dict, other: dict, seed: int) -> tuple[dict[str, torch.Tensor], float]:
+        """(GFI of the task ``own`` against ``other``, the raw Fisher's maximum)."""
+        raw = {n: v.mean(0) for n, v in own.items()}
+        top = max(float(f.max()) for f in raw.values())
         rf = relative_fisher(own, other, estimator=self.rf, bins=self.bins) \
             if self.variant == "gfi" else None
-        return generalized_fisher(fisher, rf, u=self.u, p=self.p, seed=seed)
+        return generalized_fisher(normalize_max(raw), rf, u=self.u, p=self.p, seed=seed), top
 
     @torch.no_grad()
     def _stage_end_fisher(self, r: int, stage: int) -> None:
@@ -349,13 +349,16 @@ class CETL(Method):
             t1 = dict(self.decoder.named_parameters())
             seed = self.ctx.seed * 1000003 + r * 10 + stage
             if stage == 2:
-                self.dwa1.set(self._gfi(rs["t1"], rt["t1"], seed + 1), t1)
+                gfi1, top1 = self._gfi(rs["t1"], rt["t1"], seed + 1)
+                self.dwa1.set(gfi1, t1, top1)
                 return
             xl, yl = self._fisher_data(r, stage, labelled=True)
             with torch.enable_grad():
                 ce = self._task_fisher("ce", xl, yl)
-            self.dwa2.set(self._gfi(rt["t1"], rs["t1"], seed + 2), t1)
-            self.dwa3.set(self._gfi(rt["t2"], ce["t2"], seed + 3), dict(self.model.named_parameters()))
+            gfi2, top2 = self._gfi(rt["t1"], rs["t1"], seed + 2)
+            gfi3, top3 = self._gfi(rt["t2"], ce["t2"], seed + 3)
+            self.dwa2.set(gfi2, t1, top2)
+            self.dwa3.set(gfi3, dict(self.model.named_parameters()), top3)
         finally:
             self.train(was)
 

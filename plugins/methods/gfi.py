@@ -20,7 +20,10 @@ whether the two tasks should *share* it:
   tasks share theta_i: hold it) and with probability 1 - p where RF_i < u (free it for the new
   task); otherwise 0. The draws come from a generator seeded by the caller, so a run and its
   resumed copy draw the same masks;
-- DWA = sum_i lambda / 2 GFI_i (theta_i - theta*_i)^2 (Eq. 11).
+- DWA = sum_i lambda / 2 GFI_i (theta_i - theta*_i)^2 (Eq. 11). The paper gives no lambda; with
+  F normalised to a maximum of 1 its scale is lost, so ``DWA.penalty(weight=None)`` takes lambda
+  = that maximum (the raw Fisher's largest entry): with every F_i kept the DWA is then EWC's
+  quadratic estimate of how much the previous task's mean loss grows, whatever the loss's units.
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ class DWA(nn.Module):
             self.register_buffer(f"gfi_{i}", torch.zeros_like(p, requires_grad=False))
             self.register_buffer(f"anchor_{i}", p.detach().clone())
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        #: the largest raw Fisher entry the GFI was normalised by (lambda's ``auto`` value)
+        self.register_buffer("scale", torch.zeros((), dtype=torch.float32))
 
     def anchor_at(self, params: dict[str, nn.Parameter]) -> None:
         """theta* = the current ``params`` (by name), without changing the GFI."""
@@ -135,16 +140,23 @@ class DWA(nn.Module):
         """theta* by parameter name."""
         return {name: getattr(self, f"anchor_{i}") for i, name in enumerate(self.names)}
 
-    def set(self, gfi: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
-        """Anchor at the current ``params`` with weights ``gfi`` (both by name), and activate."""
+    def set(self, gfi: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
+            scale: float = 1.0) -> None:
+        """Anchor at the current ``params`` with weights ``gfi`` (both by name), and activate;
+        ``scale`` is the raw Fisher's maximum, kept for ``penalty(weight=None)``."""
         self.anchor_at(params)
         with torch.no_grad():
             for i, name in enumerate(self.names):
                 getattr(self, f"gfi_{i}").copy_(gfi[name])
             self.active.fill_(True)
+            self.scale.fill_(float(scale))
 
-    def penalty(self, params: dict[str, nn.Parameter], weight: float) -> torch.Tensor:
-        """sum_i weight / 2 GFI_i (theta_i - theta*_i)^2 over the parameters it was built on."""
+    def penalty(self, params: dict[str, nn.Parameter], weight: float | None) -> torch.Tensor:
+        """sum_i weight / 2 GFI_i (theta_i - theta*_i)^2 over the parameters it was built on;
+        ``weight`` None: lambda = ``scale``, so that with GFI = F (all kept) the DWA is EWC's
+        quadratic (Laplace) estimate of how much the previous task's mean loss grows."""
+        if weight is None:
+            weight = self.scale
         total = None
         for i, name in enumerate(self.names):
             term = (getattr(self, f"gfi_{i}") * (params[name] - getattr(self, f"anchor_{i}"))
