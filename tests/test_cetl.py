@@ -207,3 +207,12 @@ def test_bad_options_are_refused_naming_the_key(tmp_path, source, plugins, optio
     with pytest.raises(UserError) as err:
         run_stage(task(tmp_path, {"name": "cetl", **options}, refs=source), plugins)
     assert err.value.key == key
+
+
+def test_labels_0_makes_the_whole_training_split_unlabelled(plugins):
+    from harness.datasets import build_dataset
+
+    bundle = build_dataset(plugins, {"name": "digits", "labels": 0}, ".", False)
+    assert len(bundle.train) == 0 and bundle.train.y is not None
+    assert len(bundle.split("unlabelled")) == 1438 and bundle.split("unlabelled").y is None
+    assert "+labels0" in bundle.name

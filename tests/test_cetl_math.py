@@ -134,5 +134,5 @@ def test_dwa_is_half_lambda_gfi_times_the_squared_distance():
     assert torch.allclose(w.grad, torch.tensor([4.0, 0.0, 4.0]))   # lambda GFI (theta - theta*)
     assert dwa.kept_fraction() == pytest.approx(2 / 3)
     dwa.set({"w": torch.ones(3)}, {"w": w.detach() - 1}, scale=8.0)   # lambda = the raw max
-    assert float(dwa.penalty({"w": w}, weight=None)) == pytest.approx(8.0 / 2 * 3)
+    assert float(dwa.penalty({"w": w}, weight=None).detach()) == pytest.approx(8.0 / 2 * 3)
     assert {"gfi_0", "anchor_0", "active"} <= set(dwa.state_dict())
