@@ -136,3 +136,19 @@ def test_dwa_is_half_lambda_gfi_times_the_squared_distance():
     dwa.set({"w": torch.ones(3)}, {"w": w.detach() - 1}, scale=8.0)   # lambda = the raw max
     assert float(dwa.penalty({"w": w}, weight=None).detach()) == pytest.approx(8.0 / 2 * 3)
     assert {"gfi_0", "anchor_0", "active"} <= set(dwa.state_dict())
+
+
+def test_paper_003s_networks_pass_the_kit_and_ci_cnn_has_its_parameter_count():
+    from harness.testing import check_architecture
+    from plugins.architectures.ci_cnn import (ALEXNET_PARAMETERS, CI_CNN_PARAMETERS_C10, ci_cnn,
+                                              resnet26)
+
+    for factory, shapes in ((ci_cnn_small, [(1, 8, 8), (1, 28, 28)]), (resnet26, [(1, 8, 8)]),
+                            (ci_cnn, [(3, 32, 32)])):
+        assert set(check_architecture(factory, shapes=shapes).values()) == {None}
+    count = sum(p.numel() for p in ci_cnn((3, 32, 32), 10).parameters())
+    assert count == CI_CNN_PARAMETERS_C10 and count < 0.1 * ALEXNET_PARAMETERS   # "under 10%"
+    t2 = ci_cnn_small((1, 28, 28), 10)
+    decoder = Decoder(t2, (1, 28, 28))
+    assert decoder(torch.zeros(2, 10)).shape == (2, 1, 28, 28)      # T1 mirrors T2 to the image
+    assert sum(p.numel() for p in decoder.parameters()) == sum(p.numel() for p in t2.parameters())
