@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, check_choice, check_non_negative
-from .fisher import fisher_diagonal, per_sample_grads
+from .fisher import fisher_diagonal, fisher_samples, normalize_max, per_sample_grads
 from .resize import resize_images
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -25,7 +25,8 @@ __all__ = [
     "hookimpl", "UserError", "check_choice", "check_non_negative", "Split", "DataBundle",
     "DatasetContext", "Batch", "Batches", "MissingLabels", "Stream", "OptimizerSpec",
     "DEFAULT_OPTIMIZER", "MethodContext", "Method", "Evaluator", "resize_images", "fisher_diagonal",
-    "per_sample_grads", "EvalContext", "StageInfo", "StageResult", "load_matching",
+    "fisher_samples", "normalize_max", "per_sample_grads", "EvalContext", "StageInfo",
+    "StageResult", "load_matching",
 ]
 
 

@@ -70,7 +70,9 @@ def check_data_options(opts: dict[str, Any]) -> dict[str, Any]:
                         hint="labels: 50 (stratified) or labels_per_class: 5")
     for key in ("labels", "labels_per_class"):
         if key in opts:
-            out[key] = _number(opts, key, integer=True, low=1, high=None,
+            # labels: 0 makes the whole training split unlabelled (domain adaptation's target)
+            out[key] = _number(opts, key, integer=True, low=0 if key == "labels" else 1,
+                               high=None,
                                hint=f"e.g. {key}: 50; the rest of the training split is unlabelled")
     if "subset_seed" in opts:
         if opts["subset_seed"] == "replicate":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-__all__ = ["fisher_diagonal", "per_sample_grads"]
+__all__ = ["fisher_diagonal", "fisher_samples", "normalize_max", "per_sample_grads"]
 
 
 def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -60,8 +60,35 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 sq = g.pow(2).sum(0)
                 total[name] = total[name] + sq if name in total else sq
     fisher = {name: t / max(1, len(x)) for name, t in total.items()}
-    if normalize == "max":
-        top = max(float(f.max()) for f in fisher.values()) if fisher else 0.0
-        if top > 0:
-            fisher = {name: f / top for name, f in fisher.items()}
-    return fisher
+    return normalize_max(fisher) if normalize == "max" else fisher
+
+
+def normalize_max(fisher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every entry divided by the largest entry over all parameters (paper 003's F_i in [0, 1]);
+    an all-zero Fisher is returned as it is."""
+    top = max(float(f.max()) for f in fisher.values()) if fisher else 0.0
+    return {name: f / top for name, f in fisher.items()} if top > 0 else fisher
+
+
+def fisher_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batches: int,
+                   loss_fn: Callable = F.cross_entropy, params: list[str] | None = None,
+                   chunk: int = 256) -> dict[str, torch.Tensor]:
+    """{parameter name: K x param.shape}: the Fisher diagonal of each of ``batches`` (K) equal,
+    consecutive groups of the samples (a remainder is dropped).
+
+    Why: a Fisher value per parameter is one number, but paper 003's relative Fisher (the mutual
+    information of two tasks' Fisher values for parameter i) needs a sample of them, and the
+    paper's reading is one Fisher per batch. The mean over the K rows is ``fisher_diagonal`` of
+    the K * (len(x) // K) samples used.
+    """
+    k = int(batches)
+    size = len(x) // k if k > 0 else 0
+    if size < 1:
+        raise ValueError(f"fisher_samples needs at least one sample per batch: {len(x)} samples, "
+                         f"{batches} batches")
+    rows: list[dict[str, torch.Tensor]] = []
+    for b in range(k):
+        part = slice(b * size, (b + 1) * size)
+        rows.append(fisher_diagonal(model, x[part], y[part], loss_fn=loss_fn, params=params,
+                                    chunk=chunk))
+    return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}

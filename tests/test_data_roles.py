@@ -75,7 +75,7 @@ def test_resize_stretch_and_pad_frame_differently():
 
 def test_data_options_are_checked_with_their_key(plugins):
     from harness.data_options import check_data_options
-    for bad, key in (({"fraction": 1.5}, "fraction"), ({"labels": 0}, "labels"),
+    for bad, key in (({"fraction": 1.5}, "fraction"), ({"labels": -1}, "labels"),
                      ({"labels": 5, "labels_per_class": 1}, "labels"), ({"fit": "pad"}, "fit"),
                      ({"size": 28, "box": 40}, "box"), ({"imbalance": "big"}, "imbalance")):
         with pytest.raises(UserError) as err:
