@@ -183,3 +183,32 @@ def test_primary_stream_is_the_largest_and_streams_name_missing_roles():
     with pytest.raises(UserError, match="role 'source'"):
         resolve_streams({"x": Stream(role="source")}, {"target": None}, 8)
     assert Batch(torch.zeros(2, 1), torch.zeros(2), torch.arange(2)).labelled
+
+
+def test_the_plain_path_trains_exactly_as_the_general_one(tmp_path, plugins, one_thread,
+                                                          monkeypatch):
+    """std takes the loop's plain path (no Batches, no step/update dispatch); forced through
+    the general path instead, the same seed must give bitwise the same network and losses."""
+    from harness.train.loop import EpochLoop
+
+    digits = {"name": "digits"}
+    plain = run_stage(task(tmp_path / "plain", "std", dataset=digits, epochs=2), plugins)
+    monkeypatch.setattr(EpochLoop, "_plain", property(lambda self: False))
+    general = run_stage(task(tmp_path / "general", "std", dataset=digits, epochs=2), plugins)
+    assert plain.ok and general.ok
+    a, b = final_state(plain), final_state(general)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in general.history]
+
+
+def test_the_epoch_clock_counts_epoch_started(tmp_path, plugins, one_thread, monkeypatch):
+    """What a method computes before an epoch's steps (CETL's Fisher) is training time."""
+    import time
+
+    std = plugins.get("methods", "std").obj
+    monkeypatch.setattr(std, "epoch_started", lambda self, epoch: time.sleep(0.5) or {})
+    small = {"name": "digits", "fraction": 0.1}  # three steps an epoch: far below the sleep
+    result = run_stage(task(tmp_path, "std", dataset=small, epochs=2), plugins)
+    assert result.ok
+    assert all(row["epoch_seconds"] >= 0.5 for row in result.history)
+    assert result.summary["train_seconds"] >= 1.0

@@ -64,12 +64,14 @@ class EpochLoop:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         method, updates = self.method, self.updates
         metrics: dict[str, float] = {"epoch": epoch + 1, **updates.lrs()}
+        # the clock starts before epoch_started: what a method computes there (CETL's Fisher
+        # between its stages) is training time, and the cost table must count it
+        t0 = time.perf_counter()
         metrics.update(method.epoch_started(epoch) or {})
         if not all(m.training for m in method.modules()):  # train() costs setattr per module
             method.train()
         hook = method.step_finished if type(method).step_finished is not Method.step_finished else None
         steps = self._plain_steps if self._plain else self._steps
-        t0 = time.perf_counter()
         steps(epoch * self.streams.steps, hook)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
