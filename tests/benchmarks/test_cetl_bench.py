@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from fisher_reference import loop_fisher
 from harness.api import fisher_diagonal
 from harness.engine import resolve_device
 from harness.plugins import Plugins
@@ -52,16 +52,6 @@ def _fisher_problem():
     model = ci_cnn_small((1, 28, 28), 10)
     g = torch.Generator().manual_seed(1)
     return model, torch.rand(SAMPLES, 1, 28, 28, generator=g), torch.randint(0, 10, (SAMPLES,), generator=g)
-
-
-def loop_fisher(model, x, y):
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for xi, yi in zip(x, y):
-        model.zero_grad()
-        F.cross_entropy(model(xi[None]), yi[None]).backward()
-        for n, p in model.named_parameters():
-            total[n] += p.grad.pow(2)
-    return {n: t / len(x) for n, t in total.items()}
 
 
 _TIMES: dict[str, float] = {}
