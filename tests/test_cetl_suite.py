@@ -43,7 +43,7 @@ def test_claims_references_and_refs_name_real_rows():
         for setting in suite.settings:
             assert setting.claims
             for claim in setting.claims:
-                c = parse(claim)
+                c = parse(claim, metric=setting.report.metric)
                 for side in rows_of(c.left) + rows_of(c.right):
                     assert (setting.name, side.stage, side.label) in rows, claim
             for stage, labels in setting.reference.items():
