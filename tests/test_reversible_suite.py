@@ -105,7 +105,8 @@ def test_the_mix_is_long_tailed_with_disjoint_label_ranges():
 def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     from mlflow.tracking import MlflowClient
 
-    done = harness_cli("run", OFFLINE, "--profile", "smoke", "--quiet")
+    # two worker processes: the grid in half the time on two cores (the executor is tested apart)
+    done = harness_cli("run", OFFLINE, "--profile", "smoke", "--quiet", "-j", "2")
     assert done.returncode == 1, done.stderr  # RN_paper without clipping fails, as documented
     c = MlflowClient(tracking_uri=f"sqlite:///{isolated_home / 'mlflow.db'}")
     exp = c.get_experiment_by_name("reversible")

@@ -157,7 +157,8 @@ def test_phase_two_starts_from_phase_one_and_the_baseline_is_shared(write_suite,
 
 @pytest.mark.slow
 def test_smoke_profile_end_to_end(isolated_home, capsys):
-    assert main(["run", str(TRANSFER), "--profile", "smoke", "--quiet"]) == 0
+    # two worker processes: the grid in half the time on two cores (the executor is tested apart)
+    assert main(["run", str(TRANSFER), "--profile", "smoke", "--quiet", "-j", "2"]) == 0
     runs = stage_runs(isolated_home, "transfer")
     expected = {f"mi:{s}/{m}/seed0" for s in ("A", "AA", "AB") for m in ("Std", "RR1", "RR6", "Ort")}
     expected |= {f"mnist:{s}/{m}/seed0" for s in ("A", "AA", "AB") for m in ("Std", "RR3", "Ort")}
