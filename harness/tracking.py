@@ -62,6 +62,7 @@ def check_writable(home: Path) -> None:
                             key="--home", hint=hint)
         return
     try:
+        # creating (and removing) a file is the check: access() does not see read-only mounts
         with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-"):
             pass
     except OSError as exc:

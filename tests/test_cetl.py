@@ -125,7 +125,7 @@ def test_resume_in_the_middle_of_stage_2_equals_an_uninterrupted_run(
     assert straight.ok, straight.error
 
     class Stop(BaseException):
-        pass
+        """Cuts the run after stage 2's first epoch, as a kill would."""
 
     def stop(epoch, metrics):
         if epoch == 2:

@@ -279,7 +279,8 @@ def check_determinism(m: MethodUnderTest) -> None:
 
 
 class _Stop(BaseException):
-    pass
+    """Raised from the epoch callback to cut a run short, as a kill would; a BaseException so
+    that the engine's failure handling (which catches Exception) does not record it."""
 
 
 def check_resume_equivalence(m: MethodUnderTest) -> None:
@@ -294,7 +295,7 @@ def check_resume_equivalence(m: MethodUnderTest) -> None:
         straight = m.train(a)
         try:
             m.train(b, on_epoch=stop)
-        except _Stop:
+        except _Stop:  # the interruption this check makes on purpose
             pass
         resumed = m.train(b, resume=True)
         if not resumed.ok:
