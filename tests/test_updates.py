@@ -170,6 +170,16 @@ def test_cycling_stream_reshuffles_each_pass_and_exact_batches_cross_passes():
     assert sorted(set(big.next_index().tolist())) == [0, 1, 2]
 
 
+def test_a_batch_holds_exactly_the_indexed_samples():
+    """The stream gathers with index_select (faster than ``x[idx]``): same values, any shape."""
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(10, 3, 4, 4, generator=g), torch.arange(10))
+    stream = _Stream("s", split, 4, False, 0, torch.device("cpu"))
+    for _ in range(4):
+        batch = stream.batch()
+        assert torch.equal(batch.x, split.x[batch.index]) and torch.equal(batch.y, batch.index)
+
+
 def test_primary_stream_is_the_largest_and_streams_name_missing_roles():
     small = Split(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long))
     large = Split(torch.zeros(30, 1), None)
@@ -212,3 +222,34 @@ def test_the_epoch_clock_counts_epoch_started(tmp_path, plugins, one_thread, mon
     assert result.ok
     assert all(row["epoch_seconds"] >= 0.5 for row in result.history)
     assert result.summary["train_seconds"] >= 1.0
+
+
+@pytest.mark.parametrize("method", ["std", "mcd"])
+def test_a_finished_stage_run_frees_its_network_without_the_cycle_collector(
+        tmp_path, plugins, one_thread, monkeypatch, method):
+    """The step guards held the optimizers in a reference cycle, so every stage run's network,
+    gradients and optimizer state (GPU memory too) stayed alive until Python's cycle collector
+    happened to run, while the next stage run of the process was already allocating its own."""
+    import gc
+    import weakref
+
+    from harness import engine
+
+    built = []
+    original = engine.build_method
+
+    def recording(*args, **kwargs):
+        method_obj = original(*args, **kwargs)
+        built.append(weakref.ref(method_obj))
+        return method_obj
+
+    monkeypatch.setattr(engine, "build_method", recording)
+    gc.collect()
+    gc.disable()
+    try:
+        dataset = {"name": "digits", "fraction": 0.1} if method == "std" else None
+        result = run_stage(task(tmp_path, method, dataset=dataset, epochs=1), plugins)
+        assert result.ok and built
+        assert built[0]() is None
+    finally:
+        gc.enable()

@@ -75,9 +75,13 @@ class _Stream:
         return idx
 
     def batch(self) -> Batch:
+        """The next batch, gathered with ``index_select``: the same values as ``x[idx]``, but
+        without the general indexing's parsing of its argument (13 vs 4 us for a batch of 512 on
+        the MI network, whose whole step is about 700 us)."""
         idx = self.next_index()
         y = self.split.y
-        return Batch(self.split.x[idx], None if y is None else y[idx], idx, self.name)
+        x = self.split.x.index_select(0, idx)
+        return Batch(x, None if y is None else y.index_select(0, idx), idx, self.name)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "cursor": self.cursor, "seen": self.seen,
