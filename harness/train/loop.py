@@ -61,6 +61,13 @@ class EpochLoop:
     eval_batch_size: int
     train_seconds: float = 0.0
 
+    def __post_init__(self):
+        # the method's modules, listed once: walking ``modules()`` every epoch was a third of
+        # the loop's per-epoch Python calls on the MI network. A module a method adds (or swaps
+        # in) later is built in training mode, and ``train()`` reaches it whenever a listed one
+        # needs it.
+        self._modules = tuple(self.method.modules())
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         method, updates = self.method, self.updates
         metrics: dict[str, float] = {"epoch": epoch + 1, **updates.lrs()}
@@ -68,7 +75,7 @@ class EpochLoop:
         # between its stages) is training time, and the cost table must count it
         t0 = time.perf_counter()
         metrics.update(method.epoch_started(epoch) or {})
-        if not all(m.training for m in method.modules()):  # train() costs setattr per module
+        if not all(m.training for m in self._modules):  # train() costs setattr per module
             method.train()
         hook = method.step_finished if type(method).step_finished is not Method.step_finished else None
         steps = self._plain_steps if self._plain else self._steps

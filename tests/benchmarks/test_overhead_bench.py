@@ -19,6 +19,7 @@ import statistics
 import time
 
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +29,8 @@ from harness.suite import RUN_DEFAULTS
 
 EPOCHS = 300
 ROUNDS = 7
-PAIRS = 16
+#: 16 pairs is the figure the issues quote; more narrow the interval (HARNESS_BENCH_PAIRS=64)
+PAIRS = int(os.environ.get("HARNESS_BENCH_PAIRS", "16"))
 RUN = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 4e-4, "batch_size": 512, "epochs": EPOCHS,
        "threads": 1, "device": "cpu"}  # the bare loop runs on the CPU too
 _seconds: dict[str, float] = {}
@@ -138,11 +140,17 @@ def _interleaved(benchmark, setup, gather: str) -> float:
     ratios = ratios[1:]  # the warm-up pair
     ratio = statistics.median(ratios)
     quartiles = statistics.quantiles(ratios, n=4)
+    # how far the median itself can be trusted: on this machine one pair's ratio spreads over
+    # +-10%, so 16 pairs place the median only within a few percent, the size of the goal
+    ci = scipy.stats.bootstrap((ratios,), statistics.median, confidence_level=0.95,
+                               method="percentile", random_state=0).confidence_interval
     benchmark.extra_info.update({"harness_over_bare_median": ratio, "pair_ratios": ratios,
+                                 "median_ci95": [ci.low, ci.high],
                                  "load_average": os.getloadavg(), "bare_gather": gather})
     print(f"\nalternating pairs, CPU time, bare loop gathering with {gather}: harness / bare = "
-          f"{ratio:.3f} median of {len(ratios)} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
-          f"goal <= 1.05); load average {os.getloadavg()[0]:.1f}")
+          f"{ratio:.3f} median of {len(ratios)} (95% interval {ci.low:.3f}-{ci.high:.3f}, "
+          f"quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; goal <= 1.05); "
+          f"load average {os.getloadavg()[0]:.1f}")
     return ratio
 
 
