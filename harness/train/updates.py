@@ -174,8 +174,12 @@ class Updates:
         # kept until this update's next call, as a hand-written loop keeps its `loss` through
         # the next forward pass: autograd caches each parameter's gradient accumulator only
         # while some graph refers to it, so dropping the graph here made every step build them
-        # again (on the MI network 2% more instructions a step, counted with callgrind)
-        self._last[name] = total
+        # again (on the MI network 2% more instructions a step, counted with callgrind). Only
+        # after a backward into everything: one restricted to an optimizer's parameters leaves
+        # the other branches' saved activations in the graph, and keeping those would hold a
+        # second step's activations in memory
+        if self.backward_all:
+            self._last[name] = total
 
     def _backward(self, name: str, total: torch.Tensor) -> None:
         if self.backward_all:
