@@ -202,7 +202,11 @@ def test_training_has_its_effect_on_a_tiny_problem(tmp_path, source, plugins, on
                                          ({"stage_epochs": [1, 0, 1]}, "stage_epochs"),
                                          ({"u": 2.0}, "u"),
                                          ({"source_layer": "nope"}, "source_layer"),
-                                         ({"source": "teacher"}, "refs")])
+                                         ({"source": "teacher"}, "refs"),
+                                         ({"fisher_batches": 1}, "fisher_batches"),
+                                         ({"bins": 1}, "bins"),
+                                         ({"bins": 17}, "bins"),
+                                         ({"bins": 5, "fisher_batches": 4}, "bins")])
 def test_bad_options_are_refused_naming_the_key(tmp_path, source, plugins, options, key):
     with pytest.raises(UserError) as err:
         run_stage(task(tmp_path, {"name": "cetl", **options}, refs=source), plugins)

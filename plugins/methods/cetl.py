@@ -43,9 +43,9 @@ stage 3 (and L_c^t's Fisher) the labelled ``source`` role instead (Sec. 3.4.3, s
 Readings (the paper does not give them), each an option: ``dwa_weight`` (lambda; ``auto``: the
 raw Fisher's maximum, which the normalisation of F divided out, so the DWA is on the scale of the
 previous task's loss, see ``plugins.methods.gfi``; or a number), ``reduction`` (``sum``: Eq. 2's per-sample squared norm),
-``fisher_batches`` (K = 16 per-batch Fisher samples for RF) of ``fisher_batch`` (16) samples,
+``fisher_batches`` (K = 16 per-batch Fisher samples for RF, at least 2) of ``fisher_batch`` (16) samples,
 drawn afresh at each stage end from a generator seeded by (seed, round, stage), ``rf``
-(``quantile`` with ``bins: 4``, or ``gaussian``), ``source_layer`` (``auto``: ``penultimate`` in
+(``quantile`` with ``bins: 4``, 2 to K, or ``gaussian``), ``source_layer`` (``auto``: ``penultimate`` in
 transfer, as the paper feeds AlexNet's features before the last FC; ``output`` in distill and
 adapt, the soft targets), ``target_layer`` (T2's last weight layer).
 """
@@ -150,10 +150,25 @@ class CETL(Method):
         self.bins = _positive_int(bins, "bins")
         self.fisher_batches = _positive_int(fisher_batches, "fisher_batches")
         self.fisher_batch = _positive_int(fisher_batch, "fisher_batch")
+        if self.variant == "gfi":
+            self._check_rf_sampling()
         self.source_role = source_role
         if self.schedule == "e2e" and self.variant != "gfi":
             raise UserError("variant applies to schedule algorithm1 only", key="variant",
                             hint="leave variant out with schedule: e2e")
+
+    def _check_rf_sampling(self) -> None:
+        """RF is a mutual information between K per-batch Fisher samples; with one sample, one
+        bin or more bins than samples it is 0 or 1 everywhere, and GFI's mask becomes a coin
+        flip: refused instead of training on it silently."""
+        if self.fisher_batches < 2:
+            raise UserError(f"fisher_batches must be at least 2 for variant gfi, got "
+                            f"{self.fisher_batches}", key="fisher_batches",
+                            hint="RF compares per-batch Fisher samples: the paper's setting is 16")
+        if self.rf == "quantile" and not 2 <= self.bins <= self.fisher_batches:
+            raise UserError(f"bins must be between 2 and fisher_batches ({self.fisher_batches}), "
+                            f"got {self.bins}", key="bins",
+                            hint="each quantile bin needs samples: bins: 4 with 16 fisher_batches")
 
     def _check_data(self, ctx) -> None:
         if not ctx.data:  # rebuilt from a checkpoint as a reference: it trains no more
