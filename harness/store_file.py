@@ -125,9 +125,26 @@ def _create(path: Path, artifact_root: str) -> None:
             os.link(tmp, path)
         except FileExistsError:
             pass  # another harness created it meanwhile: use theirs
+    except Exception as exc:
+        if _interrupted(exc):  # Ctrl-C it is: the CLI exits 130, not with SQLAlchemy's traceback
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}-journal").unlink(missing_ok=True)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled: Ctrl-C inside
+    a migration makes SQLAlchemy's clean-up of the cut-off transaction fail with an error of its
+    own (PendingRollbackError), which would otherwise hide that the user pressed Ctrl-C."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def refusal(path: Path, state: StoreState) -> UserError:

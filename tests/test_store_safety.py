@@ -114,6 +114,31 @@ def test_ctrl_c_while_the_store_is_created_leaves_no_broken_store(write_suite, i
     assert not list(isolated_home.glob(".mlflow.db.creating-*"))
 
 
+def test_ctrl_c_whose_clean_up_fails_is_still_an_interruption(tmp_path, monkeypatch):
+    """Seen once in the test above: Ctrl-C inside a migration, then SQLAlchemy's clean-up of
+    the cut-off transaction raised PendingRollbackError, and the CLI printed that traceback and
+    exited 1 instead of 130. The store's creation reports the interruption, and leaves nothing."""
+    import mlflow.store.tracking.sqlalchemy_store as sql_store
+
+    from harness import store_file
+
+    class InterruptedMigration:
+        def __init__(self, uri, artifact_root):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("Can't reconnect until invalid transaction is rolled back")
+
+    monkeypatch.setattr(sql_store, "SqlAlchemyStore", InterruptedMigration)
+    with pytest.raises(KeyboardInterrupt):
+        store_file._create(tmp_path / "mlflow.db", tmp_path.as_uri())
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(sql_store, "SqlAlchemyStore",
+                        lambda uri, root: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):  # any other failure stays what it is
+        store_file._create(tmp_path / "mlflow.db", tmp_path.as_uri())
+
+
 def test_home_under_a_file_is_refused_before_anything_runs(write_suite, tmp_path, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
