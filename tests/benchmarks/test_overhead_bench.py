@@ -29,7 +29,7 @@ from harness.suite import RUN_DEFAULTS
 
 EPOCHS = 300
 ROUNDS = 7
-#: 16 pairs is the figure the issues quote; more narrow the interval (HARNESS_BENCH_PAIRS=64)
+#: 16 pairs is the figure the issues quote; more pairs narrow its interval (HARNESS_BENCH_PAIRS=64)
 PAIRS = int(os.environ.get("HARNESS_BENCH_PAIRS", "16"))
 RUN = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 4e-4, "batch_size": 512, "epochs": EPOCHS,
        "threads": 1, "device": "cpu"}  # the bare loop runs on the CPU too
