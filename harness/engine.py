@@ -245,7 +245,6 @@ def _train(task: StageTask, plugins, data, info: StageInfo, result: StageResult,
         loop.run(start, result, after_epoch)
     finally:
         memory = meter.stop()
-        loop.updates.close()
     result.summary = summary_of(result.history, loop.train_seconds, loop.streams.primary.n, epochs)
     result.summary.update(memory)
     main = loop.data.main

@@ -13,6 +13,7 @@ Schedules are torch.optim.lr_scheduler's, one scheduler per optimizer, stepped o
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -122,22 +123,11 @@ class Updates:
         #: the primary stream's batch size of the current step (the loop sets it)
         self.batch_size = 0
         self._stepping = False
-        self._hooks = [o.register_step_pre_hook(self._guard) for o in self.optimizers.values()]
-        self._last: dict[str, torch.Tensor] = {}  # each update's last summed loss (see __call__)
+        guard = _step_guard(weakref.ref(self))
+        for optimizer in self.optimizers.values():
+            optimizer.register_step_pre_hook(guard)
+        self._last_total: torch.Tensor | None = None  # the last summed loss (see __call__)
         object.__setattr__(method, "_updater", self)  # what method.update() calls
-
-    def close(self) -> None:
-        """Drop the step guards: each one holds this object, which holds the optimizers, so
-        the stage run's network, gradients and optimizer state (on the GPU too) would otherwise
-        wait for Python's cycle collector instead of being freed when the run ends."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks, self._last = [], {}
-
-    def _guard(self, optimizer, args, kwargs):
-        if not self._stepping:
-            raise DirectStepRefused("a method must not step an optimizer itself: return loss terms, "
-                                    "or call self.update(name, terms) in step()")
 
     def __call__(self, name: str, terms: dict[str, torch.Tensor]) -> None:
         optimizer = self.optimizers.get(name)
@@ -179,7 +169,7 @@ class Updates:
         # the other branches' saved activations in the graph, and keeping those would hold a
         # second step's activations in memory
         if self.backward_all:
-            self._last[name] = total
+            self._last_total = total
 
     def _backward(self, name: str, total: torch.Tensor) -> None:
         if self.backward_all:
@@ -224,6 +214,20 @@ class Updates:
         for n, s in self.schedulers.items():
             if s is not None:
                 s.load_state_dict(state["schedulers"][n])
+
+
+def _step_guard(updates_ref):
+    """The optimizers' pre-step hook, refusing a step that ``update()`` did not make. It holds
+    the ``Updates`` weakly: a bound method would close a cycle (optimizer -> hook -> Updates ->
+    optimizer), and every stage run's network, gradients and optimizer state (GPU memory too)
+    would then wait for Python's cycle collector instead of being freed when the run ends."""
+
+    def guard(optimizer, args, kwargs):
+        updates = updates_ref()
+        if updates is None or not updates._stepping:
+            raise DirectStepRefused("a method must not step an optimizer itself: return loss "
+                                    "terms, or call self.update(name, terms) in step()")
+    return guard
 
 
 def partial_autocast_off(device_type: str):

@@ -47,20 +47,11 @@ def helper(folder: Path) -> Path:
 
 def child(variant: str, epochs: int, lib: str) -> None:
     """Build everything, warm up with two epochs, then count one run of ``epochs``."""
-    import pathlib
-
-    import torch
-
     sys.path.insert(0, str(HERE))
     import test_overhead_bench as bench
-    from harness.engine import build_data
-    from harness.plugins import Plugins
 
     cg = ctypes.CDLL(lib)
-    plugins = Plugins()
-    data = build_data(plugins, {"name": "ib12"}, tempfile.mkdtemp(), False)
-    torch.set_num_threads(1)
-    folder = pathlib.Path(tempfile.mkdtemp())
+    plugins, data, folder = bench.prepare(tempfile.mkdtemp(), Path(tempfile.mkdtemp()))
     runs = {"bare_index": lambda: bench.bare_loop(plugins, data, True, "index"),
             "bare_index_select": lambda: bench.bare_loop(plugins, data, True, "index_select"),
             "harness": lambda: bench.stage_run(plugins, data, folder)}
@@ -92,16 +83,13 @@ def main() -> None:
     lo, hi = EPOCHS
     per_epoch = {v: (counts[v, hi] - counts[v, lo]) / (hi - lo) for v in VARIANTS}
     per_run = {v: counts[v, lo] - lo * per_epoch[v] for v in VARIANTS}
-    base = "bare_index_select"
+    run_300 = {v: 300 * per_epoch[v] + per_run[v] for v in VARIANTS}
     for v in VARIANTS:
         print(f"{v:18s} {per_epoch[v] / STEPS_PER_EPOCH / 1e3:8.1f} k instructions a step, "
               f"{per_run[v] / 1e6:7.1f} M a run besides its epochs")
-    for v in ("bare_index", "harness"):
-        ratio = (300 * per_epoch[v] + per_run[v]) / (300 * per_epoch[base] + per_run[base])
-        print(f"{v} / {base}, a 300-epoch run: {ratio:.4f}")
-    ratio = (300 * per_epoch["harness"] + per_run["harness"]) / (
-        300 * per_epoch["bare_index"] + per_run["bare_index"])
-    print(f"harness / bare_index, a 300-epoch run: {ratio:.4f}")
+    for top, base in (("bare_index", "bare_index_select"), ("harness", "bare_index_select"),
+                      ("harness", "bare_index")):
+        print(f"{top} / {base}, a 300-epoch run: {run_300[top] / run_300[base]:.4f}")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,18 @@ RUN = {**RUN_DEFAULTS, "optimizer": "adam", "lr": 4e-4, "batch_size": 512, "epoc
 _seconds: dict[str, float] = {}
 
 
+def prepare(data_dir, artifact_dir):
+    """(plugins, the ib12 data, a folder for the stage run's files), on one thread; shared
+    with the instruction count (overhead_instructions.py)."""
+    plugins = Plugins()
+    data = build_data(plugins, {"name": "ib12"}, str(data_dir), False)
+    torch.set_num_threads(1)
+    return plugins, data, artifact_dir
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    plugins = Plugins()
-    data = build_data(plugins, {"name": "ib12"}, str(tmp_path_factory.mktemp("data")), False)
-    torch.set_num_threads(1)
-    return plugins, data, tmp_path_factory.mktemp("art")
+    return prepare(tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("art"))
 
 
 def bare_loop(plugins, data, fused: bool = True, gather: str = "index") -> None:
@@ -114,7 +120,7 @@ def test_harness_stage_run(benchmark, setup):
               f"(goal <= 1.05); load average {os.getloadavg()[0]:.1f}")
 
 
-def _interleaved(benchmark, setup, gather: str) -> float:
+def _interleaved(benchmark, setup, gather: str) -> None:
     """The same two runs in alternating pairs (bare then harness, harness then bare, ...): a
     slow spell of this shared machine then hits both sides of a pair alike, which separate
     benchmarks cannot promise (their ratio moved between 0.73 and 1.23 from one invocation to
@@ -151,7 +157,6 @@ def _interleaved(benchmark, setup, gather: str) -> float:
           f"{ratio:.3f} median of {len(ratios)} (95% interval {ci.low:.3f}-{ci.high:.3f}, "
           f"quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; goal <= 1.05); "
           f"load average {os.getloadavg()[0]:.1f}")
-    return ratio
 
 
 def test_interleaved_ratio(benchmark, setup):
