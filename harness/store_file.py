@@ -138,11 +138,9 @@ def _interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a KeyboardInterrupt was being handled: Ctrl-C inside
     a migration makes SQLAlchemy's clean-up of the cut-off transaction fail with an error of its
     own (PendingRollbackError), which would otherwise hide that the user pressed Ctrl-C."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None:  # Python keeps a context chain free of cycles
         if isinstance(exc, KeyboardInterrupt):
             return True
-        seen.add(id(exc))
         exc = exc.__context__
     return False
 
