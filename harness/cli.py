@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 EXIT_FAILED_RUNS = 1
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     top, common = _common_options(""), _common_options("sub_")
     p = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0],
                                 parents=[top])
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub, common)
 
@@ -41,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("suite")
     pln.add_argument("--profile", help="a profile of the suite (default: its `default` profile)")
     pln.add_argument("-j", "--jobs", type=int, default=None,
-                     help="estimate for this many parallel stage runs (default: the cores)")
+                     help="estimate for this many parallel stage runs (default: as `harness "
+                          "run` with the same flags: 1 with the one-job executor)")
+    pln.add_argument("--executor", default=None, help="as for `harness run`")
     pln.add_argument("--gpus", default=None, help="as for `harness run`")
     pln.add_argument("--runs-per-gpu", type=int, default=1, help="as for `harness run`")
     pln.add_argument("--data-root", help="folder of file-backed datasets (default: HOME/data)")
@@ -347,9 +351,11 @@ def _end_group(proc) -> None:
             time.sleep(0.1)
 
 
-def _executor(args, plugins):
+def _workers(args, plugins):
+    """The executor's name, the number of parallel stage runs and the GPU placement that these
+    flags give: one function, so that `plan` describes the run that `run` with the same flags
+    makes (without -j, the one-job executor runs one stage run at a time)."""
     from .executors import cores_here  # the executors' base imports the engine, and torch
-    from .plugins import check_options
     from .suite import SuiteDefaults
 
     if args.jobs is not None and args.jobs < 1:
@@ -357,10 +363,21 @@ def _executor(args, plugins):
                         hint="-j 1 runs one stage run at a time")
     chosen = SuiteDefaults.of(plugins).executors  # the plugins' choice without --executor
     one = chosen.get("one")
-    name = args.executor or (chosen.get("several") if (args.jobs or 1) > 1 else one)
+    name = getattr(args, "executor", None) or (chosen.get("several") if (args.jobs or 1) > 1 else one)
     if name is None:
         raise UserError("no executor is named and no plugin gives a default", key="--executor",
                         hint="name one with --executor (see `harness list executors`)")
+    placement = _placement(args)
+    default = placement.capacity or cores_here()
+    jobs = args.jobs if args.jobs is not None else (1 if name == one else default)
+    placement.check_jobs(jobs)
+    return name, jobs, placement
+
+
+def _executor(args, plugins):
+    from .plugins import check_options  # as _workers: only for run
+
+    name, jobs, placement = _workers(args, plugins)
     try:
         entry = plugins.get("executors", name)
     except UserError as err:
@@ -370,10 +387,6 @@ def _executor(args, plugins):
         check_options(entry, options)
     except UserError as err:
         raise UserError(err.message, key="--address", hint="--address is for --executor ray") from None
-    placement = _placement(args)
-    default = placement.capacity or cores_here()
-    jobs = args.jobs if args.jobs is not None else (1 if name == one else default)
-    placement.check_jobs(jobs)
     if args.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be 0 or more seconds", key="--checkpoint-every")
     executor = entry.obj(jobs=jobs, **options)
@@ -391,7 +404,6 @@ def _placement(args):
 def _plan(args, home: Path, plugins) -> int:
     # torch and MLflow, through the planner and the store: only for the commands that use them
     from .estimate import plan_text
-    from .executors import cores_here
     from .plan import make_plan
     from .suite import SuiteDefaults, load_suite
     from .tracking import Tracker
@@ -399,9 +411,7 @@ def _plan(args, home: Path, plugins) -> int:
     suite = load_suite(args.suite, args.profile, defaults=SuiteDefaults.of(plugins))
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     plan = make_plan(suite, plugins, data_root)
-    placement = _placement(args)
-    jobs = args.jobs if args.jobs is not None else (placement.capacity or cores_here())
-    placement.check_jobs(jobs)
+    _, jobs, placement = _workers(args, plugins)
     print(plan_text(plan, Tracker.existing(home, suite.name), home, jobs))
     print(placement.describe(jobs))
     return 0

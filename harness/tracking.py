@@ -31,6 +31,10 @@ DEFAULT_HOME = ".harness"
 TAG = "harness."
 FLUSH_SECONDS = 10.0
 MAX_BATCH = 1000
+# MLflow 3's UI opens an experiment by its kind: without this tag it shows the GenAI traces
+# overview ("No data available"); this kind opens on the runs table.
+KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
 
 
@@ -243,12 +247,15 @@ class Tracker:
         location = None
         if self.uri.startswith("sqlite:"):
             location = (self.home / "artifacts" / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={KIND_TAG: TRAINING_KIND})
 
     def _describe(self, description: str) -> None:
         """The suite's ``description:`` as the experiment's description in the MLflow UI."""
         text = " ".join(description.split())
         exp = self.client.get_experiment(self.experiment_id)
+        if KIND_TAG not in exp.tags:  # a store made before the harness set the kind
+            self.client.set_experiment_tag(self.experiment_id, KIND_TAG, TRAINING_KIND)
         if text and exp.tags.get(NOTE_TAG) != text:
             self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, text)
 

@@ -67,3 +67,10 @@ def harness_cli():
                               env=subprocess_env(env), cwd=cwd, timeout=600)
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long end-to-end tests first: on two pytest-xdist workers the run ends when the last
+    long test does, so starting them late leaves one core idle while the other finishes them.
+    The sort is stable, so the order within each group stays the file order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

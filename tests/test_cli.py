@@ -185,6 +185,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ui_serves_the_store(write_suite, isolated_home, harness_cli):
     suite = write_suite(TINY)
     assert main(["run", str(suite), "--quiet"]) == 0
@@ -210,3 +211,44 @@ def test_ui_serves_the_store(write_suite, isolated_home, harness_cli):
         import signal
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_version(capsys):
+    from harness import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"harness {__version__}"
+
+
+@pytest.mark.parametrize("flags, workers", [([], 1), (["-j", "2"], 2),
+                                            (["--executor", "processes"], None)])
+def test_plan_describes_the_workers_that_run_uses(write_suite, capsys, monkeypatch, flags, workers):
+    """`plan` and `run` resolve -j and --executor through one function; without -j the one-job
+    executor runs one stage run at a time, and a parallel executor one per core."""
+    import harness.cli as cli
+    from harness.executors import cores_here
+
+    suite = write_suite(TINY)
+    made = {}
+    real = cli._executor
+
+    def spy(args, plugins):
+        made["jobs"] = real(args, plugins).jobs
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(cli, "_executor", spy)
+    assert main(["run", str(suite), *flags]) == 130
+    assert main(["plan", str(suite), *flags]) == 0
+    expected = workers or cores_here()
+    assert made["jobs"] == expected
+    assert f"placement: {expected} worker(s)" in capsys.readouterr().out
+
+
+def test_the_experiment_opens_on_its_training_runs(write_suite, isolated_home):
+    """MLflow 3's UI picks an experiment's first page by its kind; without one it opens on the
+    GenAI traces overview instead of the runs."""
+    suite = write_suite(TINY.replace("epochs: 4", "epochs: 1"))
+    assert main(["run", str(suite), "--quiet"]) == 0
+    exp = client(isolated_home).get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -78,6 +78,7 @@ def test_ui_on_a_busy_port_is_exit_2(capsys):
     assert err.count("\n") == 1 and f"port {port}" in err and "busy" in err and "--port N" in err
 
 
+@pytest.mark.slow
 def test_ui_sigterm_ends_the_server_and_its_workers(isolated_home):
     port = _free_port()
     exe = Path(sys.executable).with_name("harness")

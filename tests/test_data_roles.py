@@ -103,6 +103,7 @@ def test_roles_shape_mismatch_is_a_suite_error(write_suite, capsys):
     assert "stages.A.dataset.source" in err and "size:" in err
 
 
+@pytest.mark.slow
 def test_evaluator_on_other_roles_and_subset_seed_per_replicate(write_suite, capsys):
     dataset = ("{source: {name: digits, size: 28, fit: pad, box: 20}, "
                "target: {name: mnist5k, fraction: 0.1, subset_seed: replicate}}")

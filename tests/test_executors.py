@@ -146,6 +146,7 @@ def test_executor_options_are_checked(write_suite, capsys):
         assert len(err.strip().splitlines()) == 1 and where in err, err
 
 
+@pytest.mark.slow
 def test_ray_executor(write_suite, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     tests = str(Path(__file__).parent)
@@ -200,6 +201,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_suite_against_a_real_mlflow_server(write_suite, tmp_path, monkeypatch, mlflow_server,
                                               capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

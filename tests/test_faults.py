@@ -165,6 +165,7 @@ def test_sigkilled_driver_is_cleaned_up_and_rerun_without_duplicates(write_suite
     assert len(stage_runs(home)) == 5  # a third run changes nothing
 
 
+@pytest.mark.slow
 def test_sigkilled_driver_takes_its_workers_along(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE)
     home, marker = seed_store(tmp_path / "h"), tmp_path / "blocked"

@@ -53,25 +53,33 @@ def _pinned(tmp_path):
     return sorted(r.data.params.get("measured.cuda_visible_devices", "") for r in runs)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["-j", "2", "--gpus", "0,1"], ["0", "0", "1", "1"]),
-    (["-j", "2", "--gpus", "7", "--runs-per-gpu", "2"], ["7", "7", "7", "7"]),
+@pytest.mark.parametrize("args, gpus", [
+    (["-j", "2", "--gpus", "0,1"], {"0", "1"}),
+    (["-j", "2", "--gpus", "7", "--runs-per-gpu", "2"], {"7"}),
 ])
-def test_workers_are_pinned_to_their_gpu(write_suite, tmp_path, args, expected):
+def test_workers_are_pinned_to_their_gpu(write_suite, tmp_path, args, gpus):
     """Each worker process sees only its GPU (CUDA_VISIBLE_DEVICES) and records it; on this
-    machine without CUDA the stage runs then train on the CPU, as `device: auto` says."""
+    machine without CUDA the stage runs then train on the CPU, as `device: auto` says.
+
+    What is guaranteed: every run saw exactly one of the GPUs, and the first two runs went to
+    the two workers (both are ready at the start), so each GPU served at least one. How the
+    other runs split depends on which worker finishes first: not asserted."""
     suite = write_suite(SUITE)
     assert main(["run", str(suite), "--quiet", "--log-model", "off", *args]) == 0
-    assert _pinned(tmp_path) == expected
+    pinned = _pinned(tmp_path)
+    assert len(pinned) == 4 and set(pinned) == gpus, pinned
 
 
 def test_too_many_jobs_for_the_gpus_and_plan_shows_placement(write_suite, capsys):
     suite = write_suite(SUITE)
     assert main(["run", str(suite), "-j", "3", "--gpus", "0,1"]) == 2
     assert "--runs-per-gpu" in capsys.readouterr().err
-    assert main(["plan", str(suite), "--gpus", "0,1", "--runs-per-gpu", "2"]) == 0
+    assert main(["plan", str(suite), "--gpus", "0,1", "--runs-per-gpu", "2", "-j", "4"]) == 0
     out = capsys.readouterr().out
     assert "placement: 4 worker(s)" in out and "GPU 0: 2, GPU 1: 2" in out
+    # without -j, as `run` with the same flags: the one-job executor, one stage run at a time
+    assert main(["plan", str(suite), "--gpus", "0,1", "--runs-per-gpu", "2"]) == 0
+    assert "placement: 1 worker(s)" in capsys.readouterr().out
 
 
 def test_ray_requests_a_share_of_a_gpu_and_refuses_cuda_without_gpus():

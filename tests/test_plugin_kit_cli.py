@@ -34,6 +34,7 @@ def run(args, env, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_new_method_installs_passes_the_kit_and_runs(tmp_path, capsys):
     assert main(["new", "method", "my_reg", "--dir", str(tmp_path)]) == 0
     package = tmp_path / "my_reg"
@@ -69,6 +70,7 @@ def test_bad_names_are_refused(tmp_path, capsys):
     assert "not a plugin name" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["label_smoothing", "ewc"])
 def test_example_packages_pass_their_tests(tmp_path, example):
     package = ROOT / "examples" / example

@@ -39,7 +39,7 @@ def test_report_uses_the_profile_that_has_runs(write_suite, isolated_home, tmp_p
     out = tmp_path / "out"
     assert main(["report", suite, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "report of profile 'smoke', the profile of the newest finished runs" in printed
+    assert "report of profile `smoke`, that of the newest finished runs" in printed
     assert "have not finished" not in printed  # not every cell of `default` missing
     text = (out / "README.md").read_text()
     assert "Profile `smoke`; 1 planned stage runs: 1 finished" in text
@@ -54,7 +54,22 @@ def test_report_uses_the_profile_that_has_runs(write_suite, isolated_home, tmp_p
 
 def test_an_empty_store_reports_the_default_profile_and_says_so(write_suite, capsys, tmp_path):
     assert main(["report", str(write_suite(SUITE)), "--out", str(tmp_path / "o")]) == 0
-    assert "report of profile 'default': no finished runs of any profile" in capsys.readouterr().out
+    assert "report of profile `default`: no finished runs of it or any other profile" in capsys.readouterr().out
+
+
+def test_runs_of_no_profile_are_reported_as_such(write_suite, isolated_home, tmp_path, capsys):
+    """A suite with only a `smoke` profile, run without --profile: its runs used no profile, and
+    the printed line and the README say the same."""
+    text = SUITE.split("profiles:")[0] + 'profiles:\n  smoke: {seeds: 1, epochs: 2}\n'
+    suite = str(write_suite(text.replace("seeds: 2", "seeds: 1").replace("epochs: 5", "epochs: 2")))
+    seed_store(isolated_home)
+    assert main(["run", suite, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", suite, "--out", str(tmp_path / "o")]) == 0
+    assert "report of no profile (the suite's own settings), that of the newest finished runs" \
+        in capsys.readouterr().out
+    readme = (tmp_path / "o" / "README.md").read_text()
+    assert "No profile (the suite's own settings); " in readme and " finished." in readme
 
 
 def test_curve_bands_are_clipped_and_paper_markers_sit_at_the_papers_epochs(

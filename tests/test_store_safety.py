@@ -92,6 +92,7 @@ def test_store_with_runs_at_another_schema_is_refused(write_suite, isolated_home
     assert db.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_store_is_created_leaves_no_broken_store(write_suite, isolated_home):
     """SIGINT a few moments into the first run in a new home, while MLflow migrates; the next
     run must work (it did not: every later command failed on the half-migrated file)."""

@@ -13,26 +13,33 @@ from ..tracking import TAG
 PAPER_PROFILE = "paper"
 
 
+def profile_name(profile: str | None) -> str:
+    """How the report names a profile; runs of no profile ran on the suite's own settings."""
+    return f"profile `{profile}`" if profile else "no profile (the suite's own settings)"
+
+
 def choose_profile(suite: Suite, store) -> tuple[str | None, str]:
     """The profile ``harness report`` uses when none is named: that of the newest finished stage
     run in the store (the last one run), else the suite's default. Returns it and a line that
-    says so, naming the other profiles that have runs."""
+    says so, naming the other profiles that have runs. Runs of no profile (a suite without a
+    `default` profile, run without --profile) are a candidate like any profile."""
     profiles = list((suite.raw.get("profiles") or {}))
     if not profiles:
         return suite.profile, ""
+    candidates = set(profiles) | ({""} if "default" not in profiles else set())
     newest: dict[str, int] = {}
     for record in store.stage_runs():
         prof = record.tags.get(f"{TAG}profile", "")
-        if record.status == "FINISHED" and prof in profiles:
+        if record.status == "FINISHED" and prof in candidates:
             newest[prof] = max(newest.get(prof, 0), record.start_time)
     if not newest:
-        return suite.profile, (f"report of profile {suite.profile!r}: no finished runs of any "
-                               f"profile in the store yet")
+        return suite.profile, (f"report of {profile_name(suite.profile)}: no finished runs of "
+                               f"it or any other profile in the store yet")
     chosen = max(newest, key=newest.get)
-    others = sorted(p for p in newest if p != chosen)
-    also = f"; profiles with runs too: {', '.join(others)}" if others else ""
-    return chosen, (f"report of profile {chosen!r}, the profile of the newest finished runs in "
-                    f"the store{also} (--profile P for another)")
+    others = sorted(profile_name(p) for p in newest if p != chosen)
+    also = f"; runs of {', '.join(others)} too" if others else ""
+    return chosen or None, (f"report of {profile_name(chosen)}, that of the newest finished runs "
+                            f"in the store{also} (--profile P for another)")
 
 
 def profile_lines(suite: Suite) -> list[str]:

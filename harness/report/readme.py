@@ -21,7 +21,8 @@ from ..stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from ..suite import Suite
 from ..tracking import TAG
 from .artifacts import artifact_table, copy_artifacts
-from .budget import PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines
+from .budget import (PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines,
+                     profile_name)
 from .collect import FAILED, FINISHED, KILLED, MISSING, RUNNING, SKIPPED, ReportData, SettingData, collect
 from .figures import curves_figure, final_figure, sweep_figure
 from .format import metric_title, slug, table
@@ -83,7 +84,8 @@ def _header(data: ReportData, command: str, timestamp: str | None) -> list[str]:
     total = sum(counts.values())
     state = ", ".join(f"{counts[k]} {k}" for k in (FINISHED, RUNNING, FAILED, SKIPPED, KILLED, MISSING)
                       if counts.get(k))
-    out += [f"Profile `{suite.profile or '(none)'}`; {total} planned stage runs: {state or 'none'}.",
+    named = profile_name(suite.profile)
+    out += [f"{named[0].upper()}{named[1:]}; {total} planned stage runs: {state or 'none'}.",
             ""] + profile_lines(suite) + [f"Produced by `{command}`.", ""]
     if timestamp:
         out += [f"{TIMESTAMP_PREFIX}{timestamp}._", ""]
@@ -160,7 +162,7 @@ def budget_section(sd: SettingData, suite: Suite, paper: list | None) -> list[st
     header, rows = budget_rows(sd, paper)
     if rows:
         out += ["### Training budget", "",
-                f"What each stage trained with in profile `{suite.profile or '(none)'}`"
+                f"What each stage trained with in {profile_name(suite.profile)}"
                 + (", and the paper's budget (the suite's `paper` profile)" if paper else "")
                 + ":", ""] + table(header, rows)
     ref = reference_table(sd)
@@ -179,7 +181,7 @@ def provenance(data: ReportData) -> list[str]:
     out = ["## Provenance", ""]
     path = Path(suite.path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "?"
-    out += [f"- suite file: `{suite.path}` (sha256 {digest}), profile `{suite.profile or '(none)'}`",
+    out += [f"- suite file: `{suite.path}` (sha256 {digest}), {profile_name(suite.profile)}",
             f"- tracking store: `{data.store_uri}`, experiment `{suite.name}`"]
     commits: dict[str, int] = defaultdict(int)
     versions: dict[str, set] = defaultdict(set)
