@@ -18,7 +18,8 @@ numbers. The rule, for one metric of one row:
 - **paired over seeds**: one gain per seed; Student's t (``scipy.stats.ttest_1samp``) gives the
   one-sided 95% bounds of their mean. Gains that are all equal give bounds equal to the mean
   (no spread to test), as ``harness.stats`` does for claims.
-- **converged**: the upper bound is below the margin: the data rule out a gain of the margin or
+- **converged**: the upper bound is below the margin (or not above 0, so that a history that
+  never moved converged even where its margin is 0): the data rule out a gain of the margin or
   more. **still improving**: otherwise, when the lower bound is above 0: the gain is real and
   may be as large as the margin. **unclear**: neither: too noisy to tell at this many seeds.
 - **cannot be judged**: a run with fewer than ``MIN_EVALUATIONS`` (8) evaluations of the
@@ -157,9 +158,10 @@ def judge(histories: Mapping[int, History], epochs: int, *, metric: str,
     std = float(gains.std(ddof=1))
     numbers = dict(seeds=len(runs), evaluations=fewest, gain=float(gains.mean()), std=std,
                    lower=low, upper=high, margin=margin)
-    if high < margin:
-        state, why = CONVERGED, (f"the upper bound of the gain, {high:+.3g}, is below "
-                                 f"{margin:.3g}" + (" (it is falling)" if high < 0 else ""))
+    if high < margin or high <= 0:  # <= 0: a flat history converged even with no margin
+        below = f"below {margin:.3g}" if high < margin else "not above 0"
+        state, why = CONVERGED, (f"the upper bound of the gain, {high:+.3g}, is {below}"
+                                 + (" (it is falling)" if high < 0 else ""))
     elif low > 0:
         state, why = IMPROVING, f"the lower bound of the gain, {low:+.3g}, is above 0"
     else:

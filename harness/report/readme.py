@@ -23,6 +23,7 @@ from ..tracking import TAG
 from .artifacts import artifact_table, copy_artifacts
 from .budget import PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines
 from .collect import FAILED, FINISHED, KILLED, MISSING, RUNNING, SKIPPED, ReportData, SettingData, collect
+from .convergence import convergence_line, convergence_section, explain_convergence
 from .figures import curves_figure, final_figure, sweep_figure
 from .format import metric_title, slug, table
 from .store import Store
@@ -50,7 +51,10 @@ def explain(baselines: list[str]) -> list[str]:
         "(non-inferiority) when it is above −margin (default 0.01). A claim is *not reproduced* "
         "when the upper bound is below +margin (for `>`: no improvement of that size) or below "
         "−margin (for `>=`: worse by more than the margin), and *inconclusive* otherwise or with "
-        "fewer than two seeds a side.",
+        "fewer than two seeds a side. The last column says which of the claim's rows were still "
+        "improving, unclear or could not be judged (see convergence): a verdict against a row "
+        "that had not finished learning measures its budget as much as its method.",
+        explain_convergence(),
         "- **transfer gain**: phase II accuracy minus the from-scratch baseline on the same "
         "task, paired by replicate.",
         "- **cost**: means over seeds of training seconds per epoch, training samples per "
@@ -103,8 +107,11 @@ def _setting_section(sd: SettingData, data: ReportData, paper: list | None, figu
     out = [f"## Setting `{sd.setting.name}`" if several else "## Results", ""]
     if sd.setting.description.strip() and several:
         out += [" ".join(sd.setting.description.split()), ""]
-    out += [f"### Final {title}: mean ± std (n)", ""] + main_table(sd)
+    out += [f"### Final {title}: mean ± std (n)", ""] + main_table(sd) + convergence_line(sd)
     out += budget_section(sd, data.suite, paper)
+    conv = convergence_section(sd)
+    if conv:
+        out += ["### Convergence", ""] + conv
     out += metric_tables(sd)
     for i, sweep in enumerate(sd.setting.report.sweeps):
         out += [f"### Sweep: {', '.join(metric_title(y) for y in sweep.y)} against "
