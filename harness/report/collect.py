@@ -83,6 +83,22 @@ class SettingData:
                     out[p.run.replicate] = float(v)
         return dict(sorted(out.items()))
 
+    def expected_failures(self) -> list[Planned]:
+        """Planned runs that did not finish as the suite expects (``expect_failure:``): a run of
+        a row expected to fail that failed or was skipped, and a run skipped only because such
+        runs upstream of it did not finish. In plan order, upstream first."""
+        by_key = {p.run.key: p for p in self.planned}
+        out: dict[tuple, Planned] = {}
+        for p in self.planned:
+            if p.state not in (FAILED, SKIPPED):
+                continue
+            upstream = [by_key[k] for k in p.run.upstream_keys() if k in by_key]
+            blocked = [u for u in upstream if u.state != FINISHED]
+            if p.run.expected_failure or (p.state == SKIPPED and blocked
+                                          and all(u.run.key in out for u in blocked)):
+                out[p.run.key] = p
+        return list(out.values())
+
     def expected(self, stage: str, row: str) -> list[Planned]:
         return [p for p in self.planned if p.run.stage == stage and p.run.row == row]
 
@@ -109,6 +125,10 @@ class ReportData:
     @property
     def verdicts(self) -> list[Verdict]:
         return [v for s in self.settings for v in s.verdicts]
+
+    def expected_count(self) -> int:
+        """Planned runs that did not finish because the suite expects them to fail."""
+        return sum(len(s.expected_failures()) for s in self.settings)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -174,8 +194,11 @@ def judge_rows(data: SettingData, store: Store) -> None:
     for verdict in data.verdicts:
         claim = verdict.claim
         sides = rows_of(claim.left) + rows_of(claim.right)
-        verdict.convergence = claim_note([(str(s), data.convergence(s.stage, s.label, claim.metric))
-                                          for s in dict.fromkeys(sides)])
+        note = claim_note([(str(s), data.convergence(s.stage, s.label, claim.metric))
+                           for s in dict.fromkeys(sides)])
+        expected = [str(s) for s in dict.fromkeys(sides)
+                    if (s.stage, s.label) in data.setting.expect_failure]
+        verdict.convergence = (f"expected to fail: {', '.join(expected)}; " if expected else "") + note
 
 
 def _match(run: StageRun, ident: str, records: list[RunRecord]) -> Planned:

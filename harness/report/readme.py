@@ -24,6 +24,7 @@ from .artifacts import artifact_table, copy_artifacts
 from .budget import PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines
 from .collect import FAILED, FINISHED, KILLED, MISSING, RUNNING, SKIPPED, ReportData, SettingData, collect
 from .convergence import convergence_line, convergence_section, explain_convergence
+from .divergence import divergence_section
 from .figures import curves_figure, final_figure, sweep_figure
 from .format import metric_title, slug, table
 from .store import Store
@@ -73,7 +74,7 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
     paper = paper_runs(data.suite)
     for sd in data.settings:
         out += _setting_section(sd, data, paper, figures or {}, artifacts or {}, sweeps or {})
-    out += _not_finished(data) + provenance(data)
+    out += divergence_section(data) + _not_finished(data) + provenance(data)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -87,14 +88,19 @@ def _header(data: ReportData, command: str, timestamp: str | None) -> list[str]:
     total = sum(counts.values())
     state = ", ".join(f"{counts[k]} {k}" for k in (FINISHED, RUNNING, FAILED, SKIPPED, KILLED, MISSING)
                       if counts.get(k))
+    expected = data.expected_count()
+    if expected:
+        state += f" ({expected} of them expected to fail: section *Expected divergence*)"
     out += [f"Profile `{suite.profile or '(none)'}`; {total} planned stage runs: {state or 'none'}.",
             ""] + profile_lines(suite) + [f"Produced by `{command}`.", ""]
     if timestamp:
         out += [f"{TIMESTAMP_PREFIX}{timestamp}._", ""]
-    if counts.get(FINISHED, 0) < total:
-        out += [f"**Incomplete:** {total - counts.get(FINISHED, 0)} of {total} planned stage runs "
-                "have not finished; the tables use what there is and the section *Not finished* "
-                "lists the rest.", ""]
+    unfinished = total - counts.get(FINISHED, 0) - expected
+    if unfinished:
+        out += [f"**Incomplete:** {unfinished} of {total} planned stage runs have not finished"
+                + (" (besides those expected to fail)" if expected else "")
+                + "; the tables use what there is and the section *Not finished* lists the rest.",
+                ""]
     baselines = sorted({str(sd.setting.report.baseline) for sd in data.settings})
     return out + explain(baselines) + [""]
 

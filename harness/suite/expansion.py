@@ -120,7 +120,7 @@ def expand(suite: Suite) -> list[StageRun]:
                         from_key=from_key,
                         refs={r: _key(setting.name, s, deps[s], cell, replicate)
                               for r, s in st.refs.items()},
-                        name=name)
+                        name=name, expected_failure=setting.expect_failure.get((stname, row), ""))
     return list(runs.values())
 
 

@@ -18,6 +18,7 @@ from ..claims import check_claims, parse_reference
 from ..errors import suggest
 from .defaults import Lazy, SuiteDefaults
 from .expansion import own_architecture, stage_rows
+from .expectations import parse_expected
 from .model import Setting, StageDecl, Suite
 from .report_spec import parse_report
 from .schema import (AXES, MAX_NAME, PROFILE_KEYS, RUN_DEFAULTS, SAFE_NAME, SETTING_KEYS,
@@ -168,6 +169,7 @@ def _parse_setting(c: Checker, sname: str, raw: dict, p: str, prof: dict,
     setting.report = parse_report(raw.get("report"), rows, file=c.file, prefix=p, defaults=defaults)
     check_claims(claims, rows, file=c.file, prefix=p, metric=setting.report.metric)
     parse_reference(setting.reference, rows, file=c.file, prefix=p, metric=setting.report.metric)
+    setting.expect_failure = parse_expected(raw.get("expect_failure"), rows, file=c.file, prefix=p)
     return setting
 
 

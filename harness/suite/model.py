@@ -100,6 +100,8 @@ class Setting:
     reference: dict[str, Any]
     #: what the report shows beyond test accuracy
     report: ReportSpec = field(default_factory=ReportSpec)
+    #: (stage, row label) -> why its runs are expected to fail (``expectations``)
+    expect_failure: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +142,8 @@ class StageRun:
     from_key: tuple | None
     refs: dict[str, tuple]
     name: str
+    #: why the suite expects this run to fail ("" when it does not): not part of the identity
+    expected_failure: str = ""
 
     def upstream_keys(self) -> list[tuple]:
         return ([self.from_key] if self.from_key else []) + list(self.refs.values())

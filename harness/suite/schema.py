@@ -46,7 +46,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
-                "reference", "report")
+                "reference", "report", "expect_failure")
 SUITE_KEYS = ("suite", *SETTING_KEYS, "settings", "profiles")
 PROFILE_KEYS = ("description", "seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
 

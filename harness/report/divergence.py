@@ -1,0 +1,44 @@
+"""The report's section on expected divergence: the rows a suite expects to fail
+(``expect_failure:``, ``harness.suite.expectations``), whether they did, and the runs that trained
+against the expectation, which the reader must see rather than find them missing."""
+
+from __future__ import annotations
+
+from .collect import FAILED, FINISHED, SKIPPED, ReportData, SettingData
+from .format import metric_title, num, table
+
+
+def divergence_section(data: ReportData) -> list[str]:
+    """A table row per (setting, stage, row) the suite expects to fail, then a line per run."""
+    rows, lines = [], []
+    for sd in data.settings:
+        for (stage, label), reason in sd.setting.expect_failure.items():
+            runs = sd.expected(stage, label)
+            failed = [p for p in runs if p.state in (FAILED, SKIPPED)]
+            trained = [p for p in runs if p.state == FINISHED]
+            rows.append([sd.setting.name, f"{stage}.{label}", reason,
+                         f"{len(failed)} of {len(runs)}", f"{len(trained)} of {len(runs)}"])
+        lines += _run_lines(sd)
+    if not rows:
+        return []
+    return (["## Expected divergence", "",
+             "The suite expects these rows to fail (`expect_failure:`): their failures are the "
+             "finding, not an error, and `harness run` exits 0 for them (and for the runs "
+             "skipped because of them). A run that trained although expected to fail is listed "
+             "too: the expectation did not hold for it.", ""]
+            + table(["setting", "row", "why the suite expects it to fail", "failed or skipped",
+                     "trained anyway"], rows) + lines + ([""] if lines else []))
+
+
+def _run_lines(sd: SettingData) -> list[str]:
+    metric = sd.metric
+    out = []
+    for p in sd.expected_failures():
+        why = p.reason.splitlines()[0][:300] if p.reason else p.state
+        out.append(f"- `{p.run.name}`: {p.state} as expected: {why}")
+    for p in sd.planned:
+        if p.run.expected_failure and p.state == FINISHED:
+            value = p.record.metrics.get(metric)
+            out.append(f"- `{p.run.name}`: **trained although expected to fail** "
+                       f"({metric_title(metric)} {num(value)})")
+    return out
