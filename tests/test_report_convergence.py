@@ -131,7 +131,8 @@ def test_too_short_a_run_cannot_be_judged_and_the_report_says_so(write_suite, tm
     ("{margins: 0.01}", "report.convergence.margins", "margin"),
     ("{margin: -1}", "report.convergence.margin", "0.01"),
     ("{margin: 1e-3}", "report.convergence.margin", "1.0e-3"),
-    ("{loss: [loss]}", "report.convergence.loss", "loss: none"),
+    ("{loss: [1]}", "report.convergence.loss", "loss: none"),
+    ("{loss: {a: b}}", "report.convergence.loss", "loss_stage3_ce"),
     ("[0.01]", "report.convergence", "margin: 0.01"),
 ])
 def test_a_bad_convergence_key_is_one_suite_error(write_suite, capsys, pace_plugin, convergence,
@@ -155,3 +156,16 @@ def test_the_suite_names_the_loss_and_the_margin(write_suite, tmp_path, capsys, 
     conv = _section((out / "README.md").read_text(), "Convergence")
     assert "| train | rising | score | converged | 8 | +0.08 ± 0 (2) |" in conv
     assert "| loss |" not in conv and "Every judged metric of every row converged." in conv
+
+
+def test_the_loss_is_the_first_of_its_names_a_row_logs(write_suite, tmp_path, pace_plugin):
+    # no row logs `loss_other`: `loss_task` (the pace method's one term) is judged instead
+    suite = write_suite(SUITE.replace("report: {baseline: pace, metric: score}",
+                                      "report: {baseline: pace, metric: score, "
+                                      "convergence: {loss: [loss_other, loss_task, loss]}}"))
+    assert main(["run", str(suite), "--quiet", *pace_plugin]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(suite), "--out", str(out), *pace_plugin]) == 0
+    conv = _section((out / "README.md").read_text(), "Convergence")
+    assert "| train | rising | loss task | ↑ still improving | 16 |" in conv
+    assert "| loss |" not in conv and "| loss other |" not in conv

@@ -50,8 +50,7 @@ class SettingData:
     @property
     def judged_metrics(self) -> list[str]:
         """What every row's convergence is judged on: the headline metric and the training loss."""
-        loss = self.setting.report.convergence_loss
-        return [self.metric.removeprefix("final_")] + ([loss] if loss else [])
+        return [self.metric.removeprefix("final_"), *self.setting.report.convergence_loss]
 
     def convergence(self, stage: str, row: str, extra: str = "") -> RowConvergence | None:
         """The row's convergence over its judged metrics (and ``extra``, a claim's metric);
@@ -179,18 +178,23 @@ def judge_rows(data: SettingData, store: Store) -> None:
         for side in rows_of(claim.left) + rows_of(claim.right):
             wanted[(side.stage, side.label)][claim.metric.removeprefix("final_")] = None
     margin = data.setting.report.convergence_margin
-    loss = data.setting.report.convergence_loss
+    losses = data.setting.report.convergence_loss
     for (stage, label), metrics in wanted.items():
         runs = [p for p in data.expected(stage, label) if p.state == FINISHED]
         if not runs:
             continue
         epochs = int(runs[0].run.run["epochs"])
+        loss_judged = False  # of the loss's names, the first the row logs is judged
         for metric in metrics:
+            is_loss = metric in losses
+            if is_loss and loss_judged:
+                continue
             histories = {p.run.replicate: store.history(p.record.run_id, metric) for p in runs}
             if any(histories.values()):
+                loss_judged |= is_loss
                 data.judgements[(stage, label, metric)] = judge(
-                    histories, epochs, metric=metric, margin=None if metric == loss else margin,
-                    relative=metric == loss)
+                    histories, epochs, metric=metric, margin=None if is_loss else margin,
+                    relative=is_loss)
     for verdict in data.verdicts:
         claim = verdict.claim
         sides = rows_of(claim.left) + rows_of(claim.right)

@@ -21,7 +21,8 @@ matter, so the suite says so::
             independent: [independent_stem, independent_stage1]
       convergence:                              # how harness.convergence judges each row
         margin: 0.01                            # the gain that counts, in the metrics' units
-        loss: loss                              # the training loss judged beside them (or none)
+        loss: loss                              # the training loss judged beside them: a name,
+                                                # a list (the first a row logs), or none
 
 Metric names are those the runs log, with or without the ``final_`` prefix of the summary
 value. Row labels are checked against the setting's stages when the suite is loaded, so a typo
@@ -63,8 +64,8 @@ class ReportSpec:
     sweeps: tuple[Sweep, ...] = ()
     #: the gain over a quarter of the epochs that counts as still improving (None: the rule's)
     convergence_margin: float | None = None
-    #: the training loss judged beside the metrics, or None for none
-    convergence_loss: str | None = TRAINING_LOSS
+    #: the training loss judged beside the metrics: of these names, the first a row logs
+    convergence_loss: tuple[str, ...] = (TRAINING_LOSS,)
     defaults: Lazy = field(default_factory=lambda: Lazy(None), compare=False, repr=False)
 
     @property
@@ -107,10 +108,11 @@ def parse_report(value, rows: dict[str, list[str]], *, file: str, prefix: str = 
                       defaults=defaults)
 
 
-def _convergence(raw, where: str, fail) -> tuple[float | None, str | None]:
-    """``convergence: {margin: M, loss: NAME | none}``: the margin in the metrics' units, the
-    per-epoch training loss (a method whose loss changes meaning between phases names one of
-    its terms, e.g. ``loss_stage3_ce``, or ``none``)."""
+def _convergence(raw, where: str, fail) -> tuple[float | None, tuple[str, ...]]:
+    """``convergence: {margin: M, loss: NAME | [NAME, ...] | none}``: the margin in the
+    metrics' units; the per-epoch training loss, the first of the names a row logs (a method
+    whose total loss changes meaning between its phases, as CETL's three stages do, names the
+    term that means the same throughout, e.g. ``[loss_stage3_ce, loss]``), or ``none``."""
     if not isinstance(raw, dict):
         fail(where, "convergence is a mapping", "e.g. `convergence: {margin: 0.01, loss: loss}`")
     for k in raw:
@@ -122,12 +124,12 @@ def _convergence(raw, where: str, fail) -> tuple[float | None, str | None]:
         fail(f"{where}.margin", f"the margin is a non-negative number, got {margin!r}",
              "e.g. `margin: 0.01` (one accuracy point); YAML reads 1e-3 as a string: write 1.0e-3")
     loss = raw.get("loss", TRAINING_LOSS)
-    if loss in (None, False, "none"):
-        loss = None
-    elif not isinstance(loss, str) or not loss:
+    names = [] if loss in (None, False, "none") else [loss] if isinstance(loss, str) else loss
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         fail(f"{where}.loss", f"loss names a per-epoch metric, got {loss!r}",
-             "e.g. `loss: loss` (the sum of the terms), `loss: loss_task`, or `loss: none`")
-    return (None if margin is None else float(margin)), (loss.removeprefix("final_") if loss else None)
+             "e.g. `loss: loss` (the sum of the terms), `loss: [loss_stage3_ce, loss]`, or "
+             "`loss: none`")
+    return (None if margin is None else float(margin)), tuple(n.removeprefix("final_") for n in names)
 
 
 def _sweep(raw, rows: dict[str, list[str]], where: str, fail) -> Sweep:
