@@ -9,15 +9,19 @@ from .format import metric_title, num, table
 
 
 def divergence_section(data: ReportData) -> list[str]:
-    """A table row per (setting, stage, row) the suite expects to fail, then a line per run."""
+    """A table row per setting and reason (the rows the suite expects to fail for it), then a
+    line per run that failed as expected or trained anyway."""
     rows, lines = [], []
     for sd in data.settings:
-        for (stage, label), reason in sd.setting.expect_failure.items():
-            runs = sd.expected(stage, label)
-            failed = [p for p in runs if p.state in (FAILED, SKIPPED)]
-            trained = [p for p in runs if p.state == FINISHED]
-            rows.append([sd.setting.name, f"{stage}.{label}", reason,
-                         f"{len(failed)} of {len(runs)}", f"{len(trained)} of {len(runs)}"])
+        by_reason: dict[str, list[tuple[str, str]]] = {}  # one reason, one row of the table
+        for row, reason in sd.setting.expect_failure.items():
+            by_reason.setdefault(reason, []).append(row)
+        for reason, named in by_reason.items():
+            runs = [p for stage, label in named for p in sd.expected(stage, label)]
+            failed = sum(p.state in (FAILED, SKIPPED) for p in runs)
+            trained = sum(p.state == FINISHED for p in runs)
+            rows.append([sd.setting.name, ", ".join(f"{st}.{label}" for st, label in named),
+                         reason, f"{failed} of {len(runs)}", f"{trained} of {len(runs)}"])
         lines += _run_lines(sd)
     if not rows:
         return []
@@ -26,7 +30,7 @@ def divergence_section(data: ReportData) -> list[str]:
              "finding, not an error, and `harness run` exits 0 for them (and for the runs "
              "skipped because of them). A run that trained although expected to fail is listed "
              "too: the expectation did not hold for it.", ""]
-            + table(["setting", "row", "why the suite expects it to fail", "failed or skipped",
+            + table(["setting", "rows", "why the suite expects them to fail", "failed or skipped",
                      "trained anyway"], rows) + lines + ([""] if lines else []))
 
 
