@@ -131,5 +131,5 @@ def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     text = (isolated_home / "rep" / "README.md").read_text()
     assert "test err" in text and "inconclusive" in text
     divergence = text.split("## Expected divergence")[1].split("\n## ")[0]
-    assert "| main | mnist.RN_paper | Eq. 6-7 as written" in divergence
+    assert "| main | digits.RN_paper, mnist.RN_paper, mix.RN_paper | Eq. 6-7 as written" in divergence
     assert all(f"- `{n}`: failed as expected: loss became nan" in divergence for n in failed)
