@@ -31,6 +31,15 @@ interval too wide to decide either way. Tests are one-sided at alpha = 0.05, pai
 replicates when both sides have the same replicate numbers (the same ``seedN`` of the suite),
 Welch's otherwise. Both decisions are the same as asking whether the one-sided 95% confidence
 bound of d clears the threshold, which is how the report prints them.
+
+A verdict compares the rows as their training left them, so it also carries the convergence of
+its sides (``Verdict.convergence``, filled by the report from ``harness.convergence``): for each
+row of either side, whether its headline metric, its training loss or the claim's metric was
+still improving over the last quarter of its epochs (the gain per seed from the slope there,
+paired over seeds, its one-sided 95% bounds against a margin: 0.01 in the metric's units, 5% of
+the distance the loss travelled), unclear, or could not be judged (fewer than 8 evaluations a
+run, or one seed). The verdict itself does not change: a *reproduced* beside a row that was
+still improving is reported as such, and the reader decides what the budget did to it.
 """
 
 from __future__ import annotations
@@ -295,18 +304,22 @@ class Verdict:
     diff_ci: tuple[float, float] = (math.nan, math.nan)  # 95% bootstrap interval of d
     left_values: dict[int, float] = field(default_factory=dict)
     right_values: dict[int, float] = field(default_factory=dict)
+    #: the convergence of the sides' rows, in one phrase (``harness.convergence.claim_note``)
+    convergence: str = ""
 
     def summary(self) -> str:
         """One line with the numbers: what the CLI prints and the parent run's tag describes."""
         t = self.test
         head = f"{self.claim.text} [{self.claim.metric}]: {self.verdict}"
+        tail = f"; convergence: {self.convergence}" if self.convergence else ""
         if t is None:
-            return f"{head} ({self.reason})"
+            return f"{head} ({self.reason}{tail})"
         left, _, right = self.claim.canonical
         return (f"{head} ({'paired' if t.kind == 'paired' else 'Welch'} t, n={t.n_left}"
                 f"{'' if t.kind == 'paired' else f'/{t.n_right}'}: {left} {t.mean_left:.4g} vs "
                 f"{right} {t.mean_right:.4g}, d={t.diff:+.4g}, 95% lower bound {t.bound():+.4g} "
-                f"vs {self.threshold:+.4g}, p={p_text(t.p)}, {t.effect_name}={t.effect:.3g}; {self.reason})")
+                f"vs {self.threshold:+.4g}, p={p_text(t.p)}, {t.effect_name}={t.effect:.3g}; "
+                f"{self.reason}{tail})")
 
     def as_dict(self) -> dict:
         return {
@@ -318,6 +331,7 @@ class Verdict:
             "diff_ci95": list(self.diff_ci),
             "left": {str(k): v for k, v in sorted(self.left_values.items())},
             "right": {str(k): v for k, v in sorted(self.right_values.items())},
+            "convergence": self.convergence,
         }
 
 

@@ -241,8 +241,10 @@ def _report(args, argv, home: Path, plugins) -> int:
     counts = data.counts()
     total = sum(counts.values())
     if counts.get("finished", 0) < total:
+        expected = data.expected_count()
         print(f"{total - counts.get('finished', 0)} of {total} planned stage runs have not finished "
-              f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()) if k != 'finished')}); "
+              f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()) if k != 'finished')}"
+              f"{f'; {expected} of them expected to fail' if expected else ''}); "
               "the report lists them")
     print(f"report written to {path}")
     return 0
@@ -456,12 +458,23 @@ def _run(args, argv, home: Path, plugins) -> int:
                     force=args.force, selected=selected, summary=log_summary,
                     log_model=args.log_model or os.environ.get("HARNESS_LOG_MODEL") or "pickle")
     outcome = driver.run()
+    _say_outcome(progress, outcome, tracker.uri)
+    return outcome.exit_code
+
+
+def _say_outcome(progress, outcome, uri: str) -> None:
+    """The last lines of ``harness run``: what failed unexpectedly, what failed as the suite
+    expects (and why that is not an error), and what trained although expected to fail."""
     if outcome.failed or outcome.skipped:
+        expected = f" ({outcome.expected} of them expected)" if outcome.expected else ""
         progress.say(f"{outcome.finished} finished, {outcome.failed} failed, {outcome.skipped} "
-                     f"skipped, {outcome.already} already finished")
+                     f"skipped{expected}, {outcome.already} already finished")
         for msg in outcome.messages:
             progress.say(f"  failed: {msg}")
+        for msg in outcome.expected_messages:
+            progress.say(f"  expected to fail (the suite's expect_failure): {msg}")
     elif outcome.finished:
         progress.say(f"{outcome.finished} stage runs finished ({outcome.already} already were); "
-                     f"store: {tracker.uri}")
-    return outcome.exit_code
+                     f"store: {uri}")
+    for name in outcome.trained_anyway:
+        progress.say(f"  trained although the suite expects it to fail: {name}")

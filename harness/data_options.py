@@ -16,8 +16,8 @@ __all__ = ["DATA_OPTIONS", "PRIMARY_ROLE", "FITS", "primary_role", "role_specs",
            "split_data_options", "check_data_options"]
 
 FITS = ("stretch", "pad")
-DATA_OPTIONS = ("fraction", "imbalance", "labels", "labels_per_class", "subset_seed", "size",
-                "fit", "box")
+DATA_OPTIONS = ("fraction", "imbalance", "labels", "labels_per_class", "subset_seed", "channels",
+                "size", "fit", "box")
 PRIMARY_ROLE = "target"
 #: the role a single data set has when a suite names no roles
 ONLY_ROLE = "target"
@@ -80,6 +80,13 @@ def check_data_options(opts: dict[str, Any]) -> dict[str, Any]:
                             key="subset_seed", hint="give a number when building data by hand")
         out["subset_seed"] = _number(opts, "subset_seed", integer=True, low=0, high=2**63 - 1,
                                      hint="a whole number, or `replicate`")
+    if "channels" in opts:
+        out["channels"] = _number(opts, "channels", integer=True, low=1, high=3,
+                                  hint="channels: 1 turns colour images grey, channels: 3 "
+                                       "repeats a grey channel")
+        if out["channels"] == 2:
+            raise UserError("channels must be 1 (grey) or 3 (colour), got 2", key="channels",
+                            hint="channels: 1 turns colour images grey")
     if "size" in opts:
         out["size"] = _number(opts, "size", integer=True, low=1, high=4096, hint="e.g. size: 28")
         out["fit"] = opts.get("fit", "stretch")

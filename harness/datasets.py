@@ -13,10 +13,13 @@ these options without declaring them:
   samples; the rest of the training split becomes the ``unlabelled`` split, without labels;
 - ``subset_seed``: the seed of those three choices (default 0); ``replicate`` draws them anew for
   each replicate of a suite, as semi-supervised papers do;
+- ``channels: 1`` or ``3``: colour images made grey (BT.601 luma), or a grey channel repeated
+  (``harness.colour``), so that SVHN and MNIST can share a stage;
 - ``size: S``, ``fit: stretch|pad``, ``box: B``: images resized to S x S (``harness.resize``).
 
-They apply in that order (choose, then resize: resizing only what is kept). All of them change
-the tensors, so the data fingerprint, and with it every stage run's identity, follows them.
+They apply in that order (choose, then convert the channels and resize: only what is kept).
+All of them change the tensors, so the data fingerprint, and with it every stage run's identity,
+follows them.
 
 A stage may name several data sets by role (``dataset: {source: digits, target: mnist5k}``):
 one network sees all of them, so their input shapes must agree; the role ``target`` (or the only
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from .api import DataBundle, DatasetContext, Split
+from .colour import to_channels
 from .data_options import check_data_options, primary_role, role_specs, split_data_options
 from .errors import UserError
 from .resize import resize_images
@@ -70,6 +74,19 @@ def _labels(bundle: DataBundle, opts: dict, seed: int) -> DataBundle:
                           name=bundle.name + tag)
 
 
+def _channels(bundle: DataBundle, channels: int) -> DataBundle:
+    """Every split with ``channels`` channels; the name says so only where it changed."""
+    if bundle.train.x.ndim == 4 and bundle.train.x.shape[1] == channels:
+        return bundle
+
+    def convert(split):
+        return Split(to_channels(split.x, channels), split.y)
+    bundle = bundle.replace(train=convert(bundle.train), test=convert(bundle.test),
+                            extra={k: convert(v) for k, v in bundle.extra.items()})
+    bundle.name += "+grey" if channels == 1 else f"+{channels}ch"
+    return bundle
+
+
 def apply_data_options(bundle: DataBundle, opts: dict[str, Any]) -> DataBundle:
     """The bundle with the data options applied, in the module docstring's order."""
     opts = check_data_options(opts)
@@ -92,6 +109,10 @@ def apply_data_options(bundle: DataBundle, opts: dict[str, Any]) -> DataBundle:
     if "labels" in opts or "labels_per_class" in opts:
         bundle = _labels(bundle, opts, seed)
         notes.append(f"{len(bundle.train)} labelled, {len(bundle.extra['unlabelled'])} unlabelled")
+    if "channels" in opts:
+        bundle = _channels(bundle, opts["channels"])
+        notes.append("grey (BT.601 luma)" if opts["channels"] == 1 else
+                     f"{opts['channels']} channels")
     if "size" in opts:
         size, fit, box = opts["size"], opts["fit"], opts.get("box")
         def resize(split):

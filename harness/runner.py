@@ -37,10 +37,21 @@ class Outcome:
     skipped: int = 0
     already: int = 0
     messages: list[str] = field(default_factory=list)
+    #: failed or skipped runs the suite expects to fail (``expect_failure:``), among the above
+    expected: int = 0
+    expected_messages: list[str] = field(default_factory=list)
+    #: runs the suite expects to fail that finished: reported, not an error
+    trained_anyway: list[str] = field(default_factory=list)
+
+    @property
+    def unexpected(self) -> int:
+        return self.failed + self.skipped - self.expected
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.failed or self.skipped) else 0
+        """1 for a failure the suite does not expect; expected ones are the finding, not an
+        error (as pytest's xfail)."""
+        return 1 if self.unexpected else 0
 
 
 class Driver:
@@ -60,6 +71,8 @@ class Driver:
         self.by_identity = {plan.identities[r.key]: r for r in plan.runs}
         self.finished_runs: dict[str, FinishedRun] = {}
         self.failed: dict[tuple, str] = {}
+        #: runs whose failure (or skip) the suite expects: their dependants' skips are expected too
+        self.expected: set[tuple] = set()
         self.child_ids: dict[tuple, str] = {}
         self.buffers: dict[tuple, EpochBuffer] = {}
         self.outcome = Outcome()
@@ -108,7 +121,7 @@ class Driver:
             raise
         finally:
             self.progress.stop()
-        if self.outcome.failed or self.outcome.skipped:
+        if self.outcome.unexpected:
             status = "FAILED"
         self.summarize()
         self.tracker.finish_parent(status, {
@@ -206,6 +219,11 @@ class Driver:
             self.tracker.client.set_terminated(run_id, "KILLED")
             self.failed[run.key] = reason
             self.outcome.skipped += 1
+            bad_keys = [k for k in run.upstream_keys() if k in self.failed]
+            if run.expected_failure or all(k in self.expected for k in bad_keys):
+                self.expected.add(run.key)
+                self.outcome.expected += 1
+                self.outcome.expected_messages.append(f"{run.name}: {reason}")
             self.progress.done(run.name, "SKIPPED", reason)
             return None
         run_id = self.tracker.start_child(run.name, tags, params, config)
@@ -279,11 +297,19 @@ class Driver:
             value = result.summary.get(metric)
             detail = f"{metric}={value:.4f}" if value is not None else ""
             self.progress.done(run.name, "FINISHED", f"{detail} {result.summary.get('train_seconds', 0):.1f}s")
+            if run.expected_failure:
+                self.outcome.trained_anyway.append(run.name)
         else:
             self.outcome.failed += 1
             self.failed[run.key] = result.error or "failed"
-            self.outcome.messages.append(f"{run.name}: {result.error}")
-            self.progress.done(run.name, "FAILED", result.error or "")
+            if run.expected_failure:
+                self.expected.add(run.key)
+                self.outcome.expected += 1
+                self.outcome.expected_messages.append(f"{run.name}: {result.error}")
+            else:
+                self.outcome.messages.append(f"{run.name}: {result.error}")
+            self.progress.done(run.name, "FAILED" + (" (expected)" if run.expected_failure else ""),
+                               result.error or "")
 
     def record_model(self, run: StageRun, run_id: str, result: StageResult) -> None:
         """The trained network as the MLflow model ``model`` of the stage run."""
@@ -302,7 +328,8 @@ class Driver:
         self.record_seconds += time.perf_counter() - t0
 
     def tags(self, run: StageRun) -> dict[str, str]:
-        return {
+        expected = {f"{TAG}expected_failure": run.expected_failure[:5000]} if run.expected_failure else {}
+        return expected | {
             f"{TAG}suite": run.suite, f"{TAG}setting": run.setting, f"{TAG}stage": run.stage,
             f"{TAG}method": run.row, f"{TAG}stage_method": run.method.label,
             f"{TAG}method_name": run.method.name,

@@ -1,6 +1,7 @@
 """Matching the plan with the store: each planned stage run with what the store holds for its
 identity (finished, failed, skipped, running, killed or missing), grouped by setting, with the
-claims decided on the finished ones."""
+claims decided on the finished ones and every row's convergence judged from its runs' histories
+(``harness.convergence``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..claims import Claim, Reference, Verdict, check_claims, evaluate, parse_reference, side_values
+from ..claims import (Claim, Reference, Verdict, check_claims, evaluate, parse_reference, rows_of,
+                      side_values)
+from ..convergence import IMPROVING, UNCLEAR, Judgement, RowConvergence, claim_note, judge
 from ..suite import Setting, StageRun, Suite, stage_rows
 from ..tracking import TAG
 from .store import RunRecord, Store
 
+#: the convergence states a table marks beside a row
+FLAGGED = (IMPROVING, UNCLEAR)
 FINISHED, FAILED, SKIPPED, RUNNING, KILLED, MISSING = (
     "finished", "failed", "skipped", "running", "killed", "missing")
 
@@ -34,11 +39,33 @@ class SettingData:
     claims: list[Claim]
     references: list[Reference]
     verdicts: list[Verdict] = field(default_factory=list)
+    #: (stage, row, metric) -> the convergence of that metric of that row
+    judgements: dict[tuple[str, str, str], Judgement] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
         """The headline metric of the setting's tables (its ``report: {metric: ...}``)."""
         return self.setting.report.metric
+
+    @property
+    def judged_metrics(self) -> list[str]:
+        """What every row's convergence is judged on: the headline metric and the training loss."""
+        return [self.metric.removeprefix("final_"), *self.setting.report.convergence_loss]
+
+    def convergence(self, stage: str, row: str, extra: str = "") -> RowConvergence | None:
+        """The row's convergence over its judged metrics (and ``extra``, a claim's metric);
+        None for a row without finished runs."""
+        metrics = self.judged_metrics + ([extra.removeprefix("final_")] if extra else [])
+        found = tuple(self.judgements[(stage, row, m)] for m in dict.fromkeys(metrics)
+                      if (stage, row, m) in self.judgements)
+        return RowConvergence(found) if found else None
+
+    def flag(self, stage: str, row: str) -> str:
+        """The mark a table puts beside a row that was still improving or unclear; none for a
+        converged row or one that cannot be judged (the line under the first table counts
+        those, so that a smoke run's tables are not a forest of marks)."""
+        conv = self.convergence(stage, row)
+        return f" {conv.mark}" if conv is not None and conv.state in FLAGGED else ""
 
     def finished(self) -> list[RunRecord]:
         return [p.record for p in self.planned if p.state == FINISHED]
@@ -54,6 +81,22 @@ class SettingData:
                 if v is not None and math.isfinite(v):
                     out[p.run.replicate] = float(v)
         return dict(sorted(out.items()))
+
+    def expected_failures(self) -> list[Planned]:
+        """Planned runs that did not finish as the suite expects (``expect_failure:``): a run of
+        a row expected to fail that failed or was skipped, and a run skipped only because such
+        runs upstream of it did not finish. In plan order, upstream first."""
+        by_key = {p.run.key: p for p in self.planned}
+        out: dict[tuple, Planned] = {}
+        for p in self.planned:
+            if p.state not in (FAILED, SKIPPED):
+                continue
+            upstream = [by_key[k] for k in p.run.upstream_keys() if k in by_key]
+            blocked = [u for u in upstream if u.state != FINISHED]
+            if p.run.expected_failure or (p.state == SKIPPED and blocked
+                                          and all(u.run.key in out for u in blocked)):
+                out[p.run.key] = p
+        return list(out.values())
 
     def expected(self, stage: str, row: str) -> list[Planned]:
         return [p for p in self.planned if p.run.stage == stage and p.run.row == row]
@@ -81,6 +124,10 @@ class ReportData:
     @property
     def verdicts(self) -> list[Verdict]:
         return [v for s in self.settings for v in s.verdicts]
+
+    def expected_count(self) -> int:
+        """Planned runs that did not finish because the suite expects them to fail."""
+        return sum(len(s.expected_failures()) for s in self.settings)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -113,9 +160,49 @@ def collect(suite: Suite, runs: list[StageRun], identities: dict[tuple, str], st
         data.verdicts = [evaluate(c, side_values(c.left, data.values, c.metric),
                                   side_values(c.right, data.values, c.metric),
                                   setting=setting.name) for c in claims]
+        judge_rows(data, store)
         settings.append(data)
     stale = len({r.identity for r in records if r.status == "FINISHED" and r.identity not in planned_ids})
     return ReportData(suite, store.uri, settings, stale, store.invocations())
+
+
+def judge_rows(data: SettingData, store: Store) -> None:
+    """Judge every row's convergence from the histories of its finished runs, on the judged
+    metrics and on the metrics its claims compare; then note it beside each claim. A metric a
+    row never logged per epoch (a cost, a final-only number) is not judged at all."""
+    wanted: dict[tuple[str, str], dict[str, None]] = defaultdict(dict)  # ordered sets
+    for stage, labels in data.rows.items():
+        for label in labels:
+            wanted[(stage, label)].update(dict.fromkeys(data.judged_metrics))
+    for claim in data.claims:
+        for side in rows_of(claim.left) + rows_of(claim.right):
+            wanted[(side.stage, side.label)][claim.metric.removeprefix("final_")] = None
+    margin = data.setting.report.convergence_margin
+    losses = data.setting.report.convergence_loss
+    for (stage, label), metrics in wanted.items():
+        runs = [p for p in data.expected(stage, label) if p.state == FINISHED]
+        if not runs:
+            continue
+        epochs = int(runs[0].run.run["epochs"])
+        loss_judged = False  # of the loss's names, the first the row logs is judged
+        for metric in metrics:
+            is_loss = metric in losses
+            if is_loss and loss_judged:
+                continue
+            histories = {p.run.replicate: store.history(p.record.run_id, metric) for p in runs}
+            if any(histories.values()):
+                loss_judged |= is_loss
+                data.judgements[(stage, label, metric)] = judge(
+                    histories, epochs, metric=metric, margin=None if is_loss else margin,
+                    relative=is_loss)
+    for verdict in data.verdicts:
+        claim = verdict.claim
+        sides = rows_of(claim.left) + rows_of(claim.right)
+        note = claim_note([(str(s), data.convergence(s.stage, s.label, claim.metric))
+                           for s in dict.fromkeys(sides)])
+        expected = [str(s) for s in dict.fromkeys(sides)
+                    if (s.stage, s.label) in data.setting.expect_failure]
+        verdict.convergence = (f"expected to fail: {', '.join(expected)}; " if expected else "") + note
 
 
 def _match(run: StageRun, ident: str, records: list[RunRecord]) -> Planned:

@@ -24,6 +24,8 @@ from .artifacts import artifact_table, copy_artifacts
 from .budget import (PAPER_PROFILE, budget_rows, paper_epochs, paper_runs, profile_lines,
                      profile_name)
 from .collect import FAILED, FINISHED, KILLED, MISSING, RUNNING, SKIPPED, ReportData, SettingData, collect
+from .convergence import convergence_line, convergence_section, explain_convergence
+from .divergence import divergence_section
 from .figures import curves_figure, final_figure, sweep_figure
 from .format import metric_title, slug, table
 from .store import Store
@@ -51,7 +53,10 @@ def explain(baselines: list[str]) -> list[str]:
         "(non-inferiority) when it is above −margin (default 0.01). A claim is *not reproduced* "
         "when the upper bound is below +margin (for `>`: no improvement of that size) or below "
         "−margin (for `>=`: worse by more than the margin), and *inconclusive* otherwise or with "
-        "fewer than two seeds a side.",
+        "fewer than two seeds a side. The last column says which of the claim's rows were still "
+        "improving, unclear or could not be judged (see convergence): a verdict against a row "
+        "that had not finished learning measures its budget as much as its method.",
+        explain_convergence(),
         "- **transfer gain**: phase II accuracy minus the from-scratch baseline on the same "
         "task, paired by replicate.",
         "- **cost**: means over seeds of training seconds per epoch, training samples per "
@@ -70,7 +75,7 @@ def render(data: ReportData, *, command: str, figures: dict | None = None,
     paper = paper_runs(data.suite)
     for sd in data.settings:
         out += _setting_section(sd, data, paper, figures or {}, artifacts or {}, sweeps or {})
-    out += _not_finished(data) + provenance(data)
+    out += divergence_section(data) + _not_finished(data) + provenance(data)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -84,15 +89,20 @@ def _header(data: ReportData, command: str, timestamp: str | None) -> list[str]:
     total = sum(counts.values())
     state = ", ".join(f"{counts[k]} {k}" for k in (FINISHED, RUNNING, FAILED, SKIPPED, KILLED, MISSING)
                       if counts.get(k))
+    expected = data.expected_count()
+    if expected:
+        state += f" ({expected} of them expected to fail: section *Expected divergence*)"
     named = profile_name(suite.profile)
     out += [f"{named[0].upper()}{named[1:]}; {total} planned stage runs: {state or 'none'}.",
             ""] + profile_lines(suite) + [f"Produced by `{command}`.", ""]
     if timestamp:
         out += [f"{TIMESTAMP_PREFIX}{timestamp}._", ""]
-    if counts.get(FINISHED, 0) < total:
-        out += [f"**Incomplete:** {total - counts.get(FINISHED, 0)} of {total} planned stage runs "
-                "have not finished; the tables use what there is and the section *Not finished* "
-                "lists the rest.", ""]
+    unfinished = total - counts.get(FINISHED, 0) - expected
+    if unfinished:
+        out += [f"**Incomplete:** {unfinished} of {total} planned stage runs have not finished"
+                + (" (besides those expected to fail)" if expected else "")
+                + "; the tables use what there is and the section *Not finished* lists the rest.",
+                ""]
     baselines = sorted({str(sd.setting.report.baseline) for sd in data.settings})
     return out + explain(baselines) + [""]
 
@@ -105,8 +115,11 @@ def _setting_section(sd: SettingData, data: ReportData, paper: list | None, figu
     out = [f"## Setting `{sd.setting.name}`" if several else "## Results", ""]
     if sd.setting.description.strip() and several:
         out += [" ".join(sd.setting.description.split()), ""]
-    out += [f"### Final {title}: mean ± std (n)", ""] + main_table(sd)
+    out += [f"### Final {title}: mean ± std (n)", ""] + main_table(sd) + convergence_line(sd)
     out += budget_section(sd, data.suite, paper)
+    conv = convergence_section(sd)
+    if conv:
+        out += ["### Convergence", ""] + conv
     out += metric_tables(sd)
     for i, sweep in enumerate(sd.setting.report.sweeps):
         out += [f"### Sweep: {', '.join(metric_title(y) for y in sweep.y)} against "

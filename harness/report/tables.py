@@ -22,7 +22,7 @@ def claims_table(data: ReportData) -> list[str]:
     multi = len(data.settings) > 1
     header = (["#"] + (["setting"] if multi else []) +
               ["claim", "metric", "verdict", "test", "n", "left", "right", "d", "95% CI of d",
-               "one-sided 95% bound", "p", "effect"])
+               "one-sided 95% bound", "p", "effect", "convergence of its rows"])
     rows, notes = [], []
     for i, v in enumerate(data.verdicts, 1):
         t = v.test
@@ -30,7 +30,7 @@ def claims_table(data: ReportData) -> list[str]:
                                                              metric_title(v.claim.metric),
                                                              f"**{v.verdict}**"]
         if t is None:
-            rows.append(base + [DASH] * 9)
+            rows.append(base + [DASH] * 9 + [v.convergence or DASH])
         else:
             n = str(t.n_left) if t.kind == "paired" else f"{t.n_left}/{t.n_right}"
             bound = t.bound(1 - ALPHA, "lower")
@@ -39,7 +39,7 @@ def claims_table(data: ReportData) -> list[str]:
                 f"{t.mean_right:.4g}", f"{t.diff:+.4g}",
                 f"[{num(v.diff_ci[0], '+.4g')}, {num(v.diff_ci[1], '+.4g')}]",
                 f"{num(bound, '+.4g')} vs {v.threshold:+.4g}", p_value(t.p),
-                f"{t.effect_name} = {num(t.effect, '.3g')}"])
+                f"{t.effect_name} = {num(t.effect, '.3g')}", v.convergence or DASH])
         notes.append(f"{i}. {v.reason}.")
     return table(header, rows) + notes + [""]
 
@@ -53,7 +53,7 @@ def _stage_table(sd: SettingData, metric: str, cell) -> list[str]:
         for st in stages:
             exp = len(sd.expected(st, label))
             cells.append(cell(describe(list(sd.values(st, label, metric).values())), exp)
-                         if exp else "")
+                         + sd.flag(st, label) if exp else "")
         rows.append(cells)
     return table(["method"] + stages, rows)
 
@@ -83,8 +83,9 @@ def metric_tables(sd: SettingData) -> list[str]:
     for label in sd.row_order():
         exp = len(sd.expected(stage, label))
         if exp:
-            rows.append([label] + [cell(describe(list(sd.values(stage, label, m).values())), exp)
-                                   for m in logged])
+            rows.append([label + sd.flag(stage, label)]
+                        + [cell(describe(list(sd.values(stage, label, m).values())), exp)
+                           for m in logged])
     title = ", ".join(metric_title(m) for m in logged)
     out = [f"### {title}: mean ± std (n)", ""] + table(["method"] + [metric_title(m) for m in logged],
                                                           rows) if logged else []
@@ -105,6 +106,16 @@ def sweep_points(sd: SettingData, sweep: Sweep, y: str) -> dict[str, list[tuple[
     return out
 
 
+def _sweep_flags(sd: SettingData, sweep: Sweep, labels) -> dict[float, str]:
+    """x -> the convergence mark of the row plotted there (as ``sweep_points`` places it)."""
+    out = {}
+    for label in labels:
+        xs = list(sd.values(sweep.stage, label, sweep.x).values())
+        if xs:
+            out[mean(xs)] = sd.flag(sweep.stage, label)
+    return out
+
+
 def sweep_tables(sd: SettingData, sweep: Sweep) -> list[str]:
     """For each y: a row per line, a column per value of x, cells mean ± std (n) over seeds."""
     out = []
@@ -118,8 +129,9 @@ def sweep_tables(sd: SettingData, sweep: Sweep) -> list[str]:
         rows = []
         for line, pts in points.items():
             by_x = {x: ys for x, ys in pts}
-            rows.append([line] + [cell(describe(by_x[x]), len(by_x[x]), ".3f") if x in by_x else ""
-                                  for x in xs])
+            flags = _sweep_flags(sd, sweep, dict(sweep.lines)[line])
+            rows.append([line] + [cell(describe(by_x[x]), len(by_x[x]), ".3f") + flags.get(x, "")
+                                  if x in by_x else "" for x in xs])
         out += table(["line"] + [f"{metric_title(sweep.x)} {x:g}" for x in xs], rows)
     return out
 
@@ -149,7 +161,8 @@ def per_seed_tables(sd: SettingData, metric: str | None = None) -> list[str]:
         sums = [describe(list(sd.values(st, label, metric).values())) for label in labels]
         rows.append(["Avg."] + [num(s.mean) for s in sums])
         rows.append(["Std. Dev."] + [num(s.std) for s in sums])
-        out += [f"Stage {st}:", ""] + table(["training run"] + [f"{r}_{st}" for r in labels], rows)
+        out += [f"Stage {st}:", ""] + table(["training run"] + [f"{r}_{st}{sd.flag(st, r)}"
+                                                                for r in labels], rows)
     return out
 
 
@@ -165,7 +178,8 @@ def reference_table(sd: SettingData) -> list[str]:
         inside = DASH
         if fin(s.ci_low):
             inside = "yes" if s.ci_low <= ref.mean <= s.ci_high else "no"
-        rows.append([ref.stage, ref.label, metric_title(ref.metric), paper, ref.source or DASH,
+        rows.append([ref.stage, ref.label + sd.flag(ref.stage, ref.label), metric_title(ref.metric),
+                     paper, ref.source or DASH,
                      cell(s, len(sd.expected(ref.stage, ref.label))), ci(s),
                      num(s.mean - ref.mean, "+.3f") if s.n else DASH, inside])
     return table(["stage", "method", "metric", "paper", "source", "measured", "measured 95% CI",
@@ -207,7 +221,7 @@ def gain_table(sd: SettingData, metric: str | None = None) -> list[str]:
             ref = DASH
             if (stage, label) in refs and (base, base_row) in refs:
                 ref = f"{refs[(stage, label)] - refs[(base, base_row)]:+.3f}"
-            rows.append([label, f"{stage} − {base}.{base_row}",
+            rows.append([label + sd.flag(stage, label), f"{stage} − {base}.{base_row}{sd.flag(base, base_row)}",
                          (f"{s.mean:+.3f} ± {num(s.std)} ({s.n})" if s.n > 1 else
                           f"{s.mean:+.3f} (1)" if s.n == 1 else "no pairs"),
                          ci(s, "+.3f"), p, ref])
@@ -244,7 +258,7 @@ def cost_table(sd: SettingData) -> list[str]:
                 continue
             env = sorted({f"{r.params.get('measured.device', '?')}, "
                           f"{r.params.get('measured.threads', '?')}" for r in recs})
-            cells = [st, label, "; ".join(env)]
+            cells = [st, label + sd.flag(st, label), "; ".join(env)]
             for key, _ in present:
                 s = describe(list(sd.values(st, label, key).values()))
                 base = describe(list(sd.values(st, base_label, key).values())) if base_label else None
@@ -257,9 +271,11 @@ def cost_table(sd: SettingData) -> list[str]:
 
 
 def missing_lines(sd: SettingData) -> list[str]:
+    """Runs that did not finish, but for those the suite expects to fail (listed apart)."""
     lines = []
+    expected = {p.run.key for p in sd.expected_failures()}
     for p in sd.planned:
-        if p.state != FINISHED:
+        if p.state != FINISHED and p.run.key not in expected:
             why = f": {p.reason.splitlines()[0][:300]}" if p.reason else ""
             lines.append(f"- `{p.run.name}` ({p.identity}): {p.state}{why}")
     return lines

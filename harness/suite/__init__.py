@@ -6,7 +6,8 @@ datasets x architectures, a number of seeds and a DAG of stages; expansion turns
 
 The parts: ``yaml_file`` reads the file, ``schema`` says what a suite may hold and checks each
 value, ``load`` validates a suite into ``model``'s typed objects (with ``report_spec`` for the
-``report:`` key and ``defaults`` for what a suite leaves out), ``expansion`` turns it into stage
+``report:`` key, ``expectations`` for ``expect_failure:`` and ``defaults`` for what a suite
+leaves out), ``expansion`` turns it into stage
 runs, and ``plugin_check`` checks its names and options against the installed plugins.
 """
 

@@ -88,7 +88,7 @@ def expand(suite: Suite) -> list[StageRun]:
                     if key in runs:
                         continue
                     labels = {a: cell[a].label for a in deps[stname]}
-                    dataset = (st.dataset or cell["dataset"]).for_replicate(replicate)
+                    dataset = (st.dataset or cell["dataset"]).with_options(st.data).for_replicate(replicate)
                     architecture = own_architecture(setting.stages, stname) or cell["architecture"]
                     method = st.method or cell["method"]
                     # the row a run belongs to: the grid's method, or the method of the stage it
@@ -120,7 +120,7 @@ def expand(suite: Suite) -> list[StageRun]:
                         from_key=from_key,
                         refs={r: _key(setting.name, s, deps[s], cell, replicate)
                               for r, s in st.refs.items()},
-                        name=name)
+                        name=name, expected_failure=setting.expect_failure.get((stname, row), ""))
     return list(runs.values())
 
 

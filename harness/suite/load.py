@@ -2,8 +2,9 @@
 ``Suite`` (``harness.suite.model``), with every error naming the file, the key path and a hint.
 
 A setting is the suite's top level merged with its entry under ``settings:``; a profile's keys
-override every stage's run settings (``stages:`` in a profile, one stage's), its seeds and its
-evaluators. What a setting leaves out of ``evaluate:`` and ``report:`` comes from the plugins'
+override every stage's run settings (``stages:`` in a profile, one stage's), its seeds, its
+evaluators and its data options (``data:``, the core's options every data set has, applied to
+each data set of the stage at expansion, so a smoke profile can shrink the data too). What a setting leaves out of ``evaluate:`` and ``report:`` comes from the plugins'
 defaults (``harness.suite.defaults``).
 """
 
@@ -15,13 +16,15 @@ import re
 from pathlib import Path
 
 from ..claims import check_claims, parse_reference
-from ..errors import suggest
+from ..data_options import DATA_OPTIONS, check_data_options
+from ..errors import UserError, suggest
 from .defaults import Lazy, SuiteDefaults
 from .expansion import own_architecture, stage_rows
+from .expectations import parse_expected
 from .model import Setting, StageDecl, Suite
 from .report_spec import parse_report
-from .schema import (AXES, MAX_NAME, PROFILE_KEYS, RUN_DEFAULTS, SAFE_NAME, SETTING_KEYS,
-                     STAGE_KEYS, SUITE_KEYS, Checker)
+from .schema import (AXES, MAX_NAME, PROFILE_KEYS, PROFILE_STAGE_KEYS, RUN_DEFAULTS, SAFE_NAME,
+                     SETTING_KEYS, STAGE_KEYS, SUITE_KEYS, Checker)
 from .yaml_file import read_yaml
 
 _UNSET = object()
@@ -105,8 +108,15 @@ def _check_profile(c: Checker, prof: dict, key: str) -> None:
         c.run_settings(c.mapping(prof["defaults"], f"{key}.defaults"), f"{key}.defaults")
     if "seeds" in prof:
         c.seeds(prof["seeds"], f"{key}.seeds")
+    if "data" in prof:
+        c.data_options(prof["data"], f"{key}.data")
     for sname, sval in c.mapping(prof.get("stages"), f"{key}.stages").items():
-        c.run_settings(c.mapping(sval, f"{key}.stages.{sname}"), f"{key}.stages.{sname}")
+        where = f"{key}.stages.{sname}"
+        sval = c.mapping(sval, where)
+        c.known_keys(sval, where, PROFILE_STAGE_KEYS)
+        c.run_settings({k: v for k, v in sval.items() if k != "data"}, where)
+        if "data" in sval:
+            c.data_options(sval["data"], f"{where}.data")
     for sname, sval in c.mapping(prof.get("settings"), f"{key}.settings").items():
         sval = c.mapping(sval, f"{key}.settings.{sname}")
         if "settings" in sval:
@@ -157,6 +167,7 @@ def _parse_setting(c: Checker, sname: str, raw: dict, p: str, prof: dict,
                        suggest(str(stname), stages))
     _check_dag(c, stages, p)
     _check_axes(c, stages, grid, p)
+    _check_profile_data(c, stages, grid, profile)
     claims = raw.get("claims") or []
     if not isinstance(claims, list) or not all(isinstance(x, str) for x in claims):
         c.fail(f"{p}claims", "claims are a list of strings", 'e.g. `- "AB.RR6 > AB.std"`')
@@ -168,6 +179,7 @@ def _parse_setting(c: Checker, sname: str, raw: dict, p: str, prof: dict,
     setting.report = parse_report(raw.get("report"), rows, file=c.file, prefix=p, defaults=defaults)
     check_claims(claims, rows, file=c.file, prefix=p, metric=setting.report.metric)
     parse_reference(setting.reference, rows, file=c.file, prefix=p, metric=setting.report.metric)
+    setting.expect_failure = parse_expected(raw.get("expect_failure"), rows, file=c.file, prefix=p)
     return setting
 
 
@@ -201,11 +213,33 @@ def _stages(c: Checker, raw: dict, p: str, grid: dict, layers: list[dict], profi
         run = dict(run_defaults)
         run.update(c.run_settings({k: v for k, v in sval.items() if k in RUN_DEFAULTS}, key))
         run.update(profile_run)
+        data: dict = {}
         for layer in layers:
-            run.update(c.run_settings(((layer.get("stages") or {}).get(stname) or {}),
+            own = (layer.get("stages") or {}).get(stname) or {}
+            run.update(c.run_settings({k: v for k, v in own.items() if k != "data"},
                                       f"profiles.{profile}.stages.{stname}"))
+            data.update(layer.get("data") or {})
+            data.update(own.get("data") or {})
         stages[str(stname)] = _stage(c, str(stname), sval, key, run)
+        stages[str(stname)].data = data
     return stages
+
+
+def _check_profile_data(c: Checker, stages: dict[str, StageDecl], grid: dict,
+                        profile: str | None) -> None:
+    """Each data set with the profile's data options over its own is still a valid one (a
+    profile's ``box`` beyond a data set's ``size``), refused under the profile's key."""
+    for st in stages.values():
+        if not st.data:
+            continue
+        datasets = [st.dataset] if st.dataset is not None else list(grid.get("dataset", []))
+        for ref in (one for d in datasets for one in d.with_options(st.data).refs()):
+            opts = {k: (0 if k == "subset_seed" and v == "replicate" else v)
+                    for k, v in ref.options if k in DATA_OPTIONS}
+            try:
+                check_data_options(opts)
+            except UserError as err:
+                raise err.under(f"profiles.{profile}.data", file=c.file) from None
 
 
 def _stage(c: Checker, name: str, sval: dict, key: str, run: dict) -> StageDecl:

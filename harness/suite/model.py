@@ -62,6 +62,21 @@ class DataRef:
             return self.roles[0][1].spec()
         return {"roles": {role: ref.spec() for role, ref in self.roles}}
 
+    def with_options(self, options: dict[str, Any]) -> "DataRef":
+        """Every role's data set with ``options`` (a profile's data options) over its own; a
+        profile's ``labels`` replaces a ``labels_per_class`` and the other way round. Labels
+        and keys stay, so tables and errors name the data as the suite does."""
+        if not options:
+            return self
+        exclusive = {"labels": "labels_per_class", "labels_per_class": "labels"}
+        dropped = {exclusive[k] for k in options if k in exclusive}
+
+        def merge(ref: PluginRef) -> PluginRef:
+            opts = {k: v for k, v in ref.options if k not in dropped} | dict(options)
+            return PluginRef(ref.name, ref.label, tuple(sorted(opts.items())), ref.key)
+        return DataRef(tuple((r, merge(ref)) for r, ref in self.roles), self.label, self.key,
+                       self.multi)
+
     def for_replicate(self, replicate: int) -> "DataRef":
         def resolve(ref: PluginRef) -> PluginRef:
             if ref.opts.get("subset_seed") != "replicate":
@@ -82,6 +97,8 @@ class StageDecl:
     refs: dict[str, str]
     evaluate: list[PluginRef] | None
     run: dict[str, Any]
+    #: data options a profile sets on every data set of the stage (``profiles.P.data``)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def upstream(self) -> list[str]:
         return ([self.from_stage] if self.from_stage else []) + list(self.refs.values())
@@ -100,6 +117,8 @@ class Setting:
     reference: dict[str, Any]
     #: what the report shows beyond test accuracy
     report: ReportSpec = field(default_factory=ReportSpec)
+    #: (stage, row label) -> why its runs are expected to fail (``expectations``)
+    expect_failure: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +159,8 @@ class StageRun:
     from_key: tuple | None
     refs: dict[str, tuple]
     name: str
+    #: why the suite expects this run to fail ("" when it does not): not part of the identity
+    expected_failure: str = ""
 
     def upstream_keys(self) -> list[tuple]:
         return ([self.from_key] if self.from_key else []) + list(self.refs.values())

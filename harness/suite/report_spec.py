@@ -19,6 +19,10 @@ matter, so the suite says so::
           lines:                                # a line per name: the rows it joins, by label
             rotation: [rotation_stem, rotation_stage1]
             independent: [independent_stem, independent_stage1]
+      convergence:                              # how harness.convergence judges each row
+        margin: 0.01                            # the gain that counts, in the metrics' units
+        loss: loss                              # the training loss judged beside them: a name,
+                                                # a list (the first a row logs), or none
 
 Metric names are those the runs log, with or without the ``final_`` prefix of the summary
 value. Row labels are checked against the setting's stages when the suite is loaded, so a typo
@@ -27,13 +31,17 @@ is a suite error (exit 2) and not an empty figure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..claims import final_metric
 from ..errors import UserError, suggest
 from .defaults import Lazy
 
-REPORT_KEYS = ("baseline", "metric", "metrics", "sweeps")
+REPORT_KEYS = ("baseline", "metric", "metrics", "sweeps", "convergence")
+CONVERGENCE_KEYS = ("margin", "loss")
+#: the per-epoch training loss the engine logs: the sum of a method's terms
+TRAINING_LOSS = "loss"
 SWEEP_KEYS = ("x", "y", "lines", "stage", "title")
 
 
@@ -54,6 +62,10 @@ class ReportSpec:
     baseline: str | None = None
     metrics: tuple[str, ...] = ()
     sweeps: tuple[Sweep, ...] = ()
+    #: the gain over a quarter of the epochs that counts as still improving (None: the rule's)
+    convergence_margin: float | None = None
+    #: the training loss judged beside the metrics: of these names, the first a row logs
+    convergence_loss: tuple[str, ...] = (TRAINING_LOSS,)
     defaults: Lazy = field(default_factory=lambda: Lazy(None), compare=False, repr=False)
 
     @property
@@ -90,8 +102,34 @@ def parse_report(value, rows: dict[str, list[str]], *, file: str, prefix: str = 
         fail(f"{key}.sweeps", "sweeps are a list of mappings",
              "e.g. `- {x: split_depth, y: [swapped_acc], lines: {rotation: [rot_a, rot_b]}}`")
     sweeps = tuple(_sweep(raw, rows, f"{key}.sweeps[{i}]", fail) for i, raw in enumerate(sweeps_raw))
+    margin, loss = _convergence(value.get("convergence", {}), f"{key}.convergence", fail)
     return ReportSpec(metric=final_metric(metric), baseline=baseline, metrics=metrics,
-                      sweeps=sweeps, defaults=defaults)
+                      sweeps=sweeps, convergence_margin=margin, convergence_loss=loss,
+                      defaults=defaults)
+
+
+def _convergence(raw, where: str, fail) -> tuple[float | None, tuple[str, ...]]:
+    """``convergence: {margin: M, loss: NAME | [NAME, ...] | none}``: the margin in the
+    metrics' units; the per-epoch training loss, the first of the names a row logs (a method
+    whose total loss changes meaning between its phases, as CETL's three stages do, names the
+    term that means the same throughout, e.g. ``[loss_stage3_ce, loss]``), or ``none``."""
+    if not isinstance(raw, dict):
+        fail(where, "convergence is a mapping", "e.g. `convergence: {margin: 0.01, loss: loss}`")
+    for k in raw:
+        if k not in CONVERGENCE_KEYS:
+            fail(f"{where}.{k}", f"unknown key {k!r}", suggest(str(k), CONVERGENCE_KEYS))
+    margin = raw.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not 0 <= margin < math.inf):
+        fail(f"{where}.margin", f"the margin is a non-negative number, got {margin!r}",
+             "e.g. `margin: 0.01` (one accuracy point); YAML reads 1e-3 as a string: write 1.0e-3")
+    loss = raw.get("loss", TRAINING_LOSS)
+    names = [] if loss in (None, False, "none") else [loss] if isinstance(loss, str) else loss
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        fail(f"{where}.loss", f"loss names a per-epoch metric, got {loss!r}",
+             "e.g. `loss: loss` (the sum of the terms), `loss: [loss_stage3_ce, loss]`, or "
+             "`loss: none`")
+    return (None if margin is None else float(margin)), tuple(n.removeprefix("final_") for n in names)
 
 
 def _sweep(raw, rows: dict[str, list[str]], where: str, fail) -> Sweep:

@@ -8,10 +8,12 @@ thousand.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from typing import Any
 
+from ..data_options import DATA_OPTIONS, check_data_options
 from ..errors import UserError, suggest
 from .model import DataRef, PluginRef
 
@@ -46,9 +48,12 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
-                "reference", "report")
+                "reference", "report", "expect_failure")
 SUITE_KEYS = ("suite", *SETTING_KEYS, "settings", "profiles")
-PROFILE_KEYS = ("description", "seeds", "stages", "settings", "evaluate", "defaults", *RUN_DEFAULTS)
+PROFILE_KEYS = ("description", "seeds", "stages", "settings", "evaluate", "defaults", "data",
+                *RUN_DEFAULTS)
+#: what a profile may say about one stage: its run settings and its data options
+PROFILE_STAGE_KEYS = ("data", *RUN_DEFAULTS)
 
 
 class Checker:
@@ -184,6 +189,26 @@ class Checker:
             if not isinstance(v, bool):
                 self.fail(where, f"download must be true or false, got {v!r}", "or use `harness run --download`")
         return v
+
+    def data_options(self, value, key: str) -> dict:
+        """A profile's ``data:``: the core's data options (which every data set has), each
+        checked as a data set's own would be; ``subset_seed: replicate`` as in a data set."""
+        value = self.mapping(value, key)
+        for k in value:
+            if k not in DATA_OPTIONS:
+                close = difflib.get_close_matches(str(k), DATA_OPTIONS, n=1, cutoff=0.75)
+                self.fail(f"{key}.{k}", f"{k!r} is not a data option a profile can set",
+                          f"did you mean {close[0]!r}?" if close else
+                          f"a profile sets the options every data set has ({', '.join(DATA_OPTIONS)}); "
+                          "a data set's own options go in its entry")
+        alone = {k: (0 if k == "subset_seed" and v == "replicate" else v) for k, v in value.items()}
+        if "size" not in alone and ("fit" in alone or "box" in alone):
+            alone["size"] = 4096  # the data set's own size: its merged options are checked too
+        try:
+            check_data_options(alone)
+        except UserError as err:
+            raise err.under(key, file=self.file) from None
+        return dict(value)
 
     def schedule(self, v, where: str) -> dict:
         if isinstance(v, str):
