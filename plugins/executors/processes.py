@@ -168,24 +168,18 @@ class Processes(Executor):
                 worker.send(job, task)
                 running[worker.conn] = running[worker.proc.sentinel] = worker
 
-        def retire(worker: _Worker) -> None:
-            running.pop(worker.conn, None)
-            running.pop(worker.proc.sentinel, None)
-            worker.job = worker.task = None
-            worker.stop()
-            workers.remove(worker)
-            free_slots.append(worker.slot)
-            free_slots.sort()
-
         def done(worker: _Worker, result: StageResult, *, reuse: bool) -> None:
             job = worker.job
             running.pop(worker.conn, None)
             running.pop(worker.proc.sentinel, None)
+            worker.job = worker.task = None
             if reuse:
-                worker.job = worker.task = None
                 idle.append(worker)
-            else:
-                retire(worker)
+            else:  # retired: its slot (and GPU) goes to its successor
+                worker.stop()
+                workers.remove(worker)
+                free_slots.append(worker.slot)
+                free_slots.sort()
             finish(job, result)
             ready.done(job.key)
 
@@ -196,37 +190,51 @@ class Processes(Executor):
                     worker = running.get(obj)
                     if worker is None or worker.job is None:
                         continue  # handled through its other handle in this round
-                    message = None
-                    if worker.conn.poll():
-                        try:
-                            message = worker.conn.recv()
-                        except (EOFError, OSError):
-                            message = None
-                    if message is None:
-                        if worker.proc.is_alive() and obj is worker.conn:
-                            continue
-                        worker.proc.join(1)
-                        result = StageResult(status="FAILED", error=_death(worker.proc.exitcode),
-                                             artifact_dir=worker.task.artifact_dir)
-                        done(worker, result, reuse=False)
-                    elif message[0] == "epochs":
-                        if self.on_epoch is not None:
-                            for epoch, metrics in message[1]:
-                                self.on_epoch(worker.job, epoch, metrics)
-                    elif message[0] == "result":
-                        done(worker, message[1], reuse=True)
-                    elif message[0] == "user_error":
-                        text, file, key, hint = message[1]
-                        raise UserError(text, file=file, key=key, hint=hint)
-                    else:  # "crash": something escaped the engine's own error handling
-                        result = StageResult(status="FAILED", error=message[1],
-                                             traceback=message[2],
-                                             artifact_dir=worker.task.artifact_dir)
-                        done(worker, result, reuse=False)
+                    message = self._read(worker, obj)
+                    if message is not None:
+                        self._handle(worker, message, done)
                 dispatch()
         finally:
             for worker in list(workers):
                 worker.stop(timeout=0 if worker.job is not None else 5.0)
+
+
+    @staticmethod
+    def _read(worker: _Worker, obj):
+        """The worker's next message; ("dead", error) when its process ended without sending
+        one; None when a live worker's handle woke with nothing to read."""
+        message = None
+        if worker.conn.poll():
+            try:
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                message = None
+        if message is not None:
+            return message
+        if worker.proc.is_alive() and obj is worker.conn:
+            return None
+        worker.proc.join(1)
+        return ("dead", _death(worker.proc.exitcode))
+
+    def _handle(self, worker: _Worker, message: tuple, done) -> None:
+        """One message from a worker: live epochs, its result, a user error (which ends the
+        run with one message), or its death or crash (which fails its stage run alone)."""
+        kind = message[0]
+        if kind == "epochs":
+            if self.on_epoch is not None:
+                for epoch, metrics in message[1]:
+                    self.on_epoch(worker.job, epoch, metrics)
+        elif kind == "result":
+            done(worker, message[1], reuse=True)
+        elif kind == "user_error":
+            text, file, key, hint = message[1]
+            raise UserError(text, file=file, key=key, hint=hint)
+        elif kind == "dead":
+            done(worker, StageResult(status="FAILED", error=message[1],
+                                     artifact_dir=worker.task.artifact_dir), reuse=False)
+        else:  # "crash": something escaped the engine's own error handling
+            done(worker, StageResult(status="FAILED", error=message[1], traceback=message[2],
+                                     artifact_dir=worker.task.artifact_dir), reuse=False)
 
 
 @hookimpl

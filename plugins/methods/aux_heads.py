@@ -146,14 +146,8 @@ class AuxHeads(Method):
                  weight: float = 1.0, regime: str = "joint", ref: str = "a",
                  head_batch: str = "shared", aux_head: str = "copy"):
         super().__init__(model, ctx)
-        for key, value in (("common_classes", common_classes), ("rotation", rotation),
-                           ("same_init", same_init), ("distill", distill)):
-            if not isinstance(value, bool):
-                raise UserError(f"{key} is switched on or off, got {value!r}", key=key,
-                                hint=f"write `{key}: true`")
-        check_choice(regime, "regime", REGIMES)
-        check_choice(rotations, "rotations", ROTATIONS,
-                     hint="random (one right angle per sample) or all (four copies)")
+        self._check_switches(regime, rotations, common_classes=common_classes, rotation=rotation,
+                             same_init=same_init, distill=distill)
         self.aux_head = check_choice(aux_head, "aux_head", AUX_HEADS,
                                      hint="copy (the task head's layers), linear or pool")
         self.head_batch = check_choice(head_batch, "head_batch", HEAD_BATCHES,
@@ -204,6 +198,18 @@ class AuxHeads(Method):
         self.aux = nn.ModuleDict(aux)
 
     # -- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _check_switches(regime: str, rotations: str, **switches) -> None:
+        """The on/off options and the two choices that decide what gets built, refused before
+        anything is."""
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise UserError(f"{key} is switched on or off, got {value!r}", key=key,
+                                hint=f"write `{key}: true`")
+        check_choice(regime, "regime", REGIMES)
+        check_choice(rotations, "rotations", ROTATIONS,
+                     hint="random (one right angle per sample) or all (four copies)")
+
     def _aux_head(self, outputs: int) -> nn.Module:
         if self.aux_head == "copy":
             return head_copy(self.ctx.build_model(), self.index, outputs)
