@@ -203,7 +203,8 @@ class Driver:
 
     def prepare(self, job: Job) -> StageTask | None:
         run = self.by_key[job.key]
-        bad = [self.by_key[k].name for k in run.upstream_keys() if k in self.failed]
+        bad_keys = [k for k in run.upstream_keys() if k in self.failed]
+        bad = [self.by_key[k].name for k in bad_keys]
         ident = self.plan.identities[run.key]
         tags = self.tags(run)
         config = {**run.config(), "identity": ident,
@@ -219,11 +220,8 @@ class Driver:
             self.tracker.client.set_terminated(run_id, "KILLED")
             self.failed[run.key] = reason
             self.outcome.skipped += 1
-            bad_keys = [k for k in run.upstream_keys() if k in self.failed]
             if run.expected_failure or all(k in self.expected for k in bad_keys):
-                self.expected.add(run.key)
-                self.outcome.expected += 1
-                self.outcome.expected_messages.append(f"{run.name}: {reason}")
+                self._expected(run, reason)
             self.progress.done(run.name, "SKIPPED", reason)
             return None
         run_id = self.tracker.start_child(run.name, tags, params, config)
@@ -303,13 +301,18 @@ class Driver:
             self.outcome.failed += 1
             self.failed[run.key] = result.error or "failed"
             if run.expected_failure:
-                self.expected.add(run.key)
-                self.outcome.expected += 1
-                self.outcome.expected_messages.append(f"{run.name}: {result.error}")
+                self._expected(run, result.error)
             else:
                 self.outcome.messages.append(f"{run.name}: {result.error}")
             self.progress.done(run.name, "FAILED" + (" (expected)" if run.expected_failure else ""),
                                result.error or "")
+
+    def _expected(self, run: StageRun, why: str | None) -> None:
+        """A failure or skip the suite expects: counted apart, and its dependants' skips are
+        expected too."""
+        self.expected.add(run.key)
+        self.outcome.expected += 1
+        self.outcome.expected_messages.append(f"{run.name}: {why}")
 
     def record_model(self, run: StageRun, run_id: str, result: StageResult) -> None:
         """The trained network as the MLflow model ``model`` of the stage run."""

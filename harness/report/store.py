@@ -45,6 +45,9 @@ class Store:
 
     def __init__(self, client, experiment_id: str | None, uri: str):
         self.client, self.experiment_id, self.uri = client, experiment_id, uri
+        #: (run id, metric) -> its history: the convergence rule and the curve figures read the
+        #: same histories, one query each to the store; a report reads a store that does not change
+        self._histories: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     @classmethod
     def open(cls, home: Path, suite_name: str) -> "Store":
@@ -90,9 +93,11 @@ class Store:
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         if self.client is None:
             return []
-        points = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key),
-                                                   key=lambda m: (m.step, m.timestamp))}
-        return sorted(points.items())
+        if (run_id, key) not in self._histories:
+            points = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key),
+                                                       key=lambda m: (m.step, m.timestamp))}
+            self._histories[(run_id, key)] = sorted(points.items())
+        return list(self._histories[(run_id, key)])
 
     def artifact_files(self, record: RunRecord, suffixes=IMAGE_SUFFIXES) -> list[tuple[str, Path]]:
         """(path inside the run, local file) of every artifact with one of ``suffixes``."""
