@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 
 from . import store_file
 from .errors import UserError
+from .uninterrupted import UninterruptedClient
 
 HOME_ENV = "HARNESS_HOME"
 DEFAULT_HOME = ".harness"
@@ -86,12 +87,13 @@ def _installed_version(dist: str) -> str | None:
 
 def mlflow_client(uri: str):
     """The one way the harness opens a store: MLflow's client, with the schema-migration
-    chatter of a new store (MLflow's and alembic's INFO lines) silenced."""
+    chatter of a new store (MLflow's and alembic's INFO lines) silenced, and each call shielded
+    from Ctrl-C (``harness.uninterrupted`` says why)."""
     from mlflow.tracking import MlflowClient  # a slow import: only when a store is opened
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
+    return UninterruptedClient(MlflowClient(tracking_uri=uri))
 
 
 def local_artifacts(artifact_uri: str) -> Path | None:
