@@ -2,7 +2,7 @@
 
 Bad input (a suite, a plugin, an option, a data root) ends with one line on stderr naming the
 file and key, and exit code 2; a stage run that fails is recorded and gives exit code 1; Ctrl-C
-gives 130.
+gives 130, SIGTERM (a scheduler's time limit or preemption) 143.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .interrupts import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
 EXIT_FAILED_RUNS = 1
 EXIT_USAGE = 2
@@ -165,9 +166,25 @@ def main(argv: list[str] | None = None) -> int:
         one_line = printable(" ".join(err.format().split()))  # a plugin's may span lines
         print(f"harness: error: {one_line}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print(f"harness: terminated by SIGTERM; running stage runs were recorded as KILLED "
+              f"and keep their last saved epoch: continue with `{_resume_command(args)}`",
+              file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("harness: interrupted; running stage runs were recorded as KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _resume_command(args) -> str:
+    """The command that continues an interrupted ``harness run`` where it stopped."""
+    if args.command != "run":
+        return f"harness {args.command}"
+    words = ["harness", "run", args.suite]
+    for flag, value in (("--profile", args.profile), ("--home", args.home)):
+        if value:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in [*words, "--resume"])
 
 
 def _dispatch(args, argv) -> int:
@@ -457,7 +474,8 @@ def _run(args, argv, home: Path, plugins) -> int:
                     resume=args.resume, checkpoint_every=args.checkpoint_every,
                     force=args.force, selected=selected, summary=log_summary,
                     log_model=args.log_model or os.environ.get("HARNESS_LOG_MODEL") or "pickle")
-    outcome = driver.run()
+    with sigterm_as_interrupt():
+        outcome = driver.run()
     _say_outcome(progress, outcome, tracker.uri)
     return outcome.exit_code
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from .api import StageResult
 from .engine import CHECKPOINT, ModelSource, StageTask, run_stage
 from .errors import UserError
 from .executors import Job, cores_here
+from .interrupts import Terminated, bounded_bookkeeping
 from .plan import Plan, resume_dir, resume_progress, run_params
 from .progress import Progress
 from .records import dataset_inputs, log_network
@@ -151,16 +150,15 @@ class Driver:
                               f"marked RUNNING; stage runs it has not finished run here too")
 
     def abort(self, exc: BaseException) -> None:
-        """Record what was running when the invocation stopped: KILLED for Ctrl-C, FAILED with
-        the reason for anything else. A second Ctrl-C does not interrupt the bookkeeping."""
+        """Record what was running when the invocation stopped: KILLED for Ctrl-C or SIGTERM,
+        FAILED with the reason for anything else; ``bounded_bookkeeping`` keeps a second
+        Ctrl-C from interrupting it and a SIGTERM's from outlasting the scheduler's grace."""
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = "KILLED" if interrupted else "FAILED"
-        reason = ("interrupted (Ctrl-C)" if interrupted else
+        reason = (Terminated.reason if isinstance(exc, Terminated) else
+                  "interrupted (Ctrl-C)" if interrupted else
                   f"the invocation stopped: {type(exc).__name__}: {exc}")
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with bounded_bookkeeping(exc):
             for key, run_id in list(self.child_ids.items()):
                 try:
                     self.buffers[key].flush()
@@ -175,9 +173,6 @@ class Driver:
                 self.tracker.client.set_tag(run.info.run_id, f"{TAG}error", reason[:5000])
                 self.tracker.client.set_terminated(run.info.run_id, status)
             self.tracker.finish_parent(status, {})
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
 
     def summarize(self) -> None:
         """The report's tables and claim verdicts on the parent run (``summary``); a failure

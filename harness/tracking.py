@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 
 from . import store_file
 from .errors import UserError
-from .uninterrupted import UninterruptedClient
+from .interrupts import UninterruptedClient
 
 HOME_ENV = "HARNESS_HOME"
 DEFAULT_HOME = ".harness"
@@ -88,7 +88,7 @@ def _installed_version(dist: str) -> str | None:
 def mlflow_client(uri: str):
     """The one way the harness opens a store: MLflow's client, with the schema-migration
     chatter of a new store (MLflow's and alembic's INFO lines) silenced, and each call shielded
-    from Ctrl-C (``harness.uninterrupted`` says why)."""
+    from Ctrl-C (``harness.interrupts`` says why)."""
     from mlflow.tracking import MlflowClient  # a slow import: only when a store is opened
 
     for name in ("mlflow", "alembic"):

@@ -246,6 +246,33 @@ def test_ctrl_c_records_running_runs_as_killed_and_exits_130(write_suite, tmp_pa
         assert [m.step for m in history] == [1, 2]  # epoch 3 was interrupted in its hook
 
 
+@pytest.mark.parametrize("executor", ["inline", "processes"])
+def test_sigterm_records_runs_as_killed_keeps_their_epochs_and_exits_143(write_suite, tmp_path,
+                                                                        executor):
+    """A scheduler's time limit: SIGTERM to the whole job, handled as Ctrl-C is, with one line
+    that says how to continue; the rerun it names continues the interrupted run."""
+    suite = write_suite(SUITE)
+    home, marker = seed_store(tmp_path / "h"), tmp_path / "blocked"
+    proc = harness("run", suite, "--home", home, "--executor", executor, "-j", "2",
+                   "--checkpoint-every", "0", *PLUGINS, fault=f"A/std/seed0:3:block:{marker}",
+                   start_new_session=True)
+    trainer = int(wait_for_file(marker, proc))
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "terminated by SIGTERM" in err
+    assert f"continue with `harness run {suite} --home {home} --resume`" in err
+    assert gone(trainer)
+    runs = {r.info.run_name: r for r in stage_runs(home)}
+    assert runs["A/std/seed0"].info.status == "KILLED"
+    assert runs["A/std/seed0"].data.tags["harness.error"] == "terminated (SIGTERM)"
+    assert all(r.info.status != "RUNNING" for r in all_runs(home))
+    rerun = harness("run", suite, "--home", home, "--resume", "--executor", executor, *PLUGINS)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "interrupted stage run(s) continue from their last saved epoch" in out + err
+
+
 def test_plan_of_a_suite_never_run_creates_nothing(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE)
     home = tmp_path / "never"

@@ -13,8 +13,8 @@ The workers are our own ``multiprocessing`` processes (started by a forkserver t
 imported torch and the engine, or spawned where there is no forkserver), one pipe each, rather
 than a ``ProcessPoolExecutor``: when a worker dies (killed for memory, a crash in native code)
 the pool would fail every stage run in flight, while here exactly the stage run it was running
-is recorded as failed, and a fresh worker takes the next one. Workers ignore Ctrl-C, which is
-the driver's to handle, and die with the driver (each watches the driver's pid), so a killed
+is recorded as failed, and a fresh worker takes the next one. Workers ignore Ctrl-C and SIGTERM
+(sent to a whole job by a scheduler), which are the driver's to handle, and die with the driver (each watches the driver's pid), so a killed
 ``harness run`` leaves no training behind.
 """
 
@@ -50,7 +50,8 @@ def _worker(conn, driver: tuple[int, str], gpu: str | None = None) -> None:
     """A worker's life: receive (task, context), train, send epochs and the result; repeat.
 
     ``gpu``: the one GPU this worker sees, set before anything in it starts CUDA."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver's to handle, as SIGTERM is
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if gpu is not None:
         os.environ[GPU_ENV] = gpu
     die_with(*driver)
