@@ -2,7 +2,8 @@
 
 Bad input (a suite, a plugin, an option, a data root) ends with one line on stderr naming the
 file and key, and exit code 2; a stage run that fails is recorded and gives exit code 1; Ctrl-C
-gives 130, SIGTERM (a scheduler's time limit or preemption) 143.
+gives 130, SIGTERM (a scheduler's time limit or preemption) 143; a full or read-only disk under
+the store, the artifacts or the resume folder gives one line saying which, and exit code 3.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, storage
 from .errors import UserError
 from .interrupts import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
@@ -174,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; running stage runs were recorded as KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        full = storage.recognise(exc, args.home or "the harness home")
+        if full is None:
+            raise
+        print(f"harness: error: {printable(full.message(_resume_command(args)))}", file=sys.stderr)
+        return storage.EXIT_STORAGE
 
 
 def _resume_command(args) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from . import plugins as plugin_mod
+from . import storage
 from .api import DataBundle, Method, StageInfo, StageResult, load_matching
 from .errors import UserError
 from .meters import PeakMemory, choose_threads, macs_per_sample
@@ -124,6 +125,9 @@ def run_stage(task: StageTask, plugins=None, *, data: StageData | DataBundle | N
     except UserError:
         raise
     except Exception as exc:  # a plugin raised: record it with the traceback
+        full = storage.recognise(exc, artifact_dir)
+        if full is not None:  # every run after it would fail the same way: stop the invocation
+            raise full from exc
         result.error = f"{type(exc).__name__}: {exc}"
         result.traceback = traceback.format_exc()
     if result.traceback:

@@ -159,20 +159,28 @@ class Driver:
                   "interrupted (Ctrl-C)" if interrupted else
                   f"the invocation stopped: {type(exc).__name__}: {exc}")
         with bounded_bookkeeping(exc):
-            for key, run_id in list(self.child_ids.items()):
-                try:
-                    self.buffers[key].flush()
-                except Exception as err:  # noqa: BLE001  the status matters more than the curves
-                    self.progress.say(f"warning: the last epochs of {self.by_key[key].name} could "
-                                      f"not be logged ({type(err).__name__}: {err})")
-                self.tracker.client.set_tag(run_id, f"{TAG}error", reason[:5000])
-                self.tracker.client.set_terminated(run_id, status)
-            self.child_ids.clear()
-            # a run whose start or recording the interruption cut short is still RUNNING
-            for run in self.tracker.running_children():
-                self.tracker.client.set_tag(run.info.run_id, f"{TAG}error", reason[:5000])
-                self.tracker.client.set_terminated(run.info.run_id, status)
-            self.tracker.finish_parent(status, {})
+            try:
+                self._record_stopped(status, reason)
+            except Exception as err:  # noqa: BLE001  a full store must not hide why it stopped
+                self.progress.say(f"warning: the store could not record the stopped runs "
+                                  f"({type(err).__name__}: {str(err)[:200]}); the next "
+                                  f"`harness run` of the suite marks them KILLED")
+
+    def _record_stopped(self, status: str, reason: str) -> None:
+        for key, run_id in list(self.child_ids.items()):
+            try:
+                self.buffers[key].flush()
+            except Exception as err:  # noqa: BLE001  the status matters more than the curves
+                self.progress.say(f"warning: the last epochs of {self.by_key[key].name} could "
+                                  f"not be logged ({type(err).__name__}: {err})")
+            self.tracker.client.set_tag(run_id, f"{TAG}error", reason[:5000])
+            self.tracker.client.set_terminated(run_id, status)
+        self.child_ids.clear()
+        # a run whose start or recording the interruption cut short is still RUNNING
+        for run in self.tracker.running_children():
+            self.tracker.client.set_tag(run.info.run_id, f"{TAG}error", reason[:5000])
+            self.tracker.client.set_terminated(run.info.run_id, status)
+        self.tracker.finish_parent(status, {})
 
     def summarize(self) -> None:
         """The report's tables and claim verdicts on the parent run (``summary``); a failure

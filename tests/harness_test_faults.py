@@ -6,7 +6,8 @@ epoch EPOCH, in whichever process trains it:
 
 - ``kill``: SIGKILL this process (with the inline executor: the driver, mid-grid);
 - ``block``: write this process's pid to FILE, then sleep until a signal ends it (the test then
-  kills or interrupts whom it wants, knowing the stage run is mid-way).
+  kills or interrupts whom it wants, knowing the stage run is mid-way);
+- ``fill``: fill the filesystem that holds FILE (a small tmpfs the test mounted) to the last byte.
 
 Methods: ``sleepy`` (plain training that sleeps ``pause`` seconds per step, so that runs overlap
 in time observably) and ``suicide`` (its worker process SIGKILLs itself in the first step).
@@ -14,6 +15,7 @@ in time observably) and ``suicide`` (its worker process SIGKILLs itself in the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -62,3 +64,13 @@ def harness_epoch_finished(info, epoch, metrics):
         Path(marker).write_text(str(os.getpid()))
         while True:
             time.sleep(0.1)
+    elif action == "fill":
+        _fill(Path(marker))
+
+
+def _fill(folder: Path) -> None:
+    """Unbuffered, so that no write is left to fail at close, after this hook returned."""
+    for name, block in (("filler", 2**16), ("filler2", 1)):  # then the bytes a block did not fit
+        with contextlib.suppress(OSError), open(folder / name, "wb", buffering=0) as out:
+            while True:
+                out.write(b"\0" * block)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -271,6 +272,46 @@ def test_sigterm_records_runs_as_killed_keeps_their_epochs_and_exits_143(write_s
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert "interrupted stage run(s) continue from their last saved epoch" in out + err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs: a disk that can really fill up mid-run."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                                            str(disk)], capture_output=True).returncode:
+        pytest.skip("mounts a tmpfs: needs root (CI runs as root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("executor", ["inline", "processes"])
+def test_a_disk_that_fills_mid_run_stops_with_one_line_and_exit_3(write_suite, small_disk,
+                                                                  executor):
+    """After room is made, the rerun the line names trains the rest: nothing finished twice.
+    (A filesystem with files open for writing cannot be remounted read-only, so that case is
+    tested on the errors it raises, in tests/test_storage.py.)"""
+    suite = write_suite(SUITE)
+    home = seed_store(small_disk / "h")
+    proc = harness("run", suite, "--home", home, "--executor", executor, "-j", "2",
+                   "--checkpoint-every", "0", *PLUGINS, fault=f"A/std/seed0:3:fill:{small_disk}")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("harness: error:"))
+    assert f"cannot write to {small_disk}" in line and "its filesystem is full" in line
+    assert "free)" in line and f"`harness run {suite} --home {home} --resume` continues" in line
+    (small_disk / "filler").unlink()
+    (small_disk / "filler2").unlink(missing_ok=True)
+    rerun = harness("run", suite, "--home", home, "--resume", "--executor", executor, *PLUGINS)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    finished = [r for r in stage_runs(home) if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_name for r in finished) == [
+        "A/std/seed0", "A/std/seed1", "AB/std/seed0", "AB/std/seed1"]
+    check = sqlite3.connect(home / "mlflow.db").execute("pragma integrity_check").fetchone()
+    assert check == ("ok",)
 
 
 def test_plan_of_a_suite_never_run_creates_nothing(write_suite, tmp_path, capsys):

@@ -8,6 +8,7 @@ after epoch k.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -43,7 +44,19 @@ class ModelSource:
 
 
 def save_final(path: Path, meta: dict[str, Any], method: Method) -> None:
-    torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "state_dict": method.state_dict()}, path)
+    write_torch(path, {"format": CHECKPOINT_FORMAT, "meta": meta,
+                       "state_dict": method.state_dict()})
+
+
+def write_torch(path: Path, obj: Any) -> None:
+    """``torch.save`` through memory: writing into a full disk, torch's zip writer raises an
+    opaque ``RuntimeError: unexpected pos 576 vs 534``, while a plain write raises
+    ``OSError(ENOSPC)`` naming the file, which the CLI turns into one clear line
+    (harness.storage). The states saved here are megabytes at most."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as out:
+        out.write(buffer.getbuffer())
 
 
 def load_method(plugins, source: ModelSource, device: torch.device) -> Method:
@@ -112,7 +125,7 @@ class ResumeState:
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{self.FILE}.{os.getpid()}"
-        torch.save(state, tmp)
+        write_torch(tmp, state)
         os.replace(tmp, self.folder / self.FILE)
         tmp = self.folder / f".{self.PROGRESS}.{os.getpid()}"
         tmp.write_text(json.dumps({"epoch": epoch, "epochs": epochs, "saved": time.time()}))

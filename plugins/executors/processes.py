@@ -31,6 +31,7 @@ from multiprocessing.connection import wait
 from harness.api import StageResult, UserError, hookimpl
 from harness.executors import Executor, Ready, adopt, die_with, driver_context, run_task
 from harness.placement import GPU_ENV
+from harness.storage import StorageFull
 
 #: how often a worker sends the epochs it finished (the driver's live progress and curves)
 REPORT_SECONDS = 1.0
@@ -80,6 +81,8 @@ def _worker(conn, driver: tuple[int, str], gpu: str | None = None) -> None:
             reply = ("result", run_task(task, on_epoch))
         except UserError as err:
             reply = ("user_error", (err.message, err.file, err.key, err.hint))
+        except StorageFull as full:  # the driver stops the invocation with one message
+            reply = ("storage_full", (full.path, full.state))
         except BaseException as exc:  # noqa: BLE001  the driver records it; the worker retires
             reply = ("crash", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         try:
@@ -218,8 +221,8 @@ class Processes(Executor):
         return ("dead", _death(worker.proc.exitcode))
 
     def _handle(self, worker: _Worker, message: tuple, done) -> None:
-        """One message from a worker: live epochs, its result, a user error (which ends the
-        run with one message), or its death or crash (which fails its stage run alone)."""
+        """One message from a worker: live epochs, its result, a user error or a full disk
+        (either ends the invocation with one message), or its death or crash (which fails its stage run alone)."""
         kind = message[0]
         if kind == "epochs":
             if self.on_epoch is not None:
@@ -230,6 +233,8 @@ class Processes(Executor):
         elif kind == "user_error":
             text, file, key, hint = message[1]
             raise UserError(text, file=file, key=key, hint=hint)
+        elif kind == "storage_full":
+            raise StorageFull(*message[1])
         elif kind == "dead":
             done(worker, StageResult(status="FAILED", error=message[1],
                                      artifact_dir=worker.task.artifact_dir), reuse=False)
