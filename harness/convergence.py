@@ -27,7 +27,8 @@ numbers. The rule, for one metric of one row:
   instead of guessing.
 
 Margins: for the row's metrics the setting's ``report: {convergence: {margin: M}}``, by default
-the claims' margin (0.01: one accuracy point), in the metric's units; for the training loss,
+the smallest absolute margin of the setting's claims on that metric (an error in percent
+compared ``within 1`` gets 1), else 0.01 (one accuracy point), in the metric's units; for the training loss,
 which has no natural unit (a sum of squared errors can be in the hundreds), ``LOSS_FRACTION``
 (5%) of the distance it travelled during the run (max - min of its history, the mean over
 seeds). A row is still improving when any of its metrics is, converged when every one of them

@@ -169,3 +169,18 @@ def test_the_loss_is_the_first_of_its_names_a_row_logs(write_suite, tmp_path, pa
     conv = _section((out / "README.md").read_text(), "Convergence")
     assert "| train | rising | loss task | ↑ still improving | 16 |" in conv
     assert "| loss |" not in conv and "| loss other |" not in conv
+
+
+def test_a_claims_margin_is_the_convergence_margin_of_its_metric(write_suite, tmp_path,
+                                                                 pace_plugin):
+    """A metric in other units than accuracy (an error in percent) is compared `within 1` by
+    its claims; judging its convergence against the accuracy's 0.01 would call every row
+    unclear. Here the claim's 0.1 makes the rising score (+0.08 a quarter) converged."""
+    suite = write_suite(SUITE.replace('claims: ["train.rising > train.flat on score"]',
+                                      'claims: ["train.rising > train.flat on score within 0.1"]'))
+    assert main(["run", str(suite), "--quiet", *pace_plugin]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(suite), "--out", str(out), *pace_plugin]) == 0
+    conv = _section((out / "README.md").read_text(), "Convergence")
+    assert "| train | rising | score | converged | 8 | +0.08 ± 0 (2) |" in conv
+    assert "| 0.1 |" in conv

@@ -166,6 +166,21 @@ def collect(suite: Suite, runs: list[StageRun], identities: dict[tuple, str], st
     return ReportData(suite, store.uri, settings, stale, store.invocations())
 
 
+def claim_margins(claims, suite_margin: float | None) -> dict[str | None, float]:
+    """The gain that counts for a metric's convergence, in its units: the suite's
+    ``report: {convergence: {margin: M}}`` for every metric where given; otherwise the
+    smallest absolute margin of the claims on that metric, since a metric in percent (an
+    error of 3.4) has claims ``within 1``, not the accuracy's 0.01; None keys the default."""
+    if suite_margin is not None:
+        return {None: suite_margin}
+    margins: dict[str | None, float] = {}
+    for claim in claims:
+        if not claim.relative:
+            metric = claim.metric.removeprefix("final_")
+            margins[metric] = min(margins.get(metric, math.inf), claim.margin)
+    return margins
+
+
 def judge_rows(data: SettingData, store: Store) -> None:
     """Judge every row's convergence from the histories of its finished runs, on the judged
     metrics and on the metrics its claims compare; then note it beside each claim. A metric a
@@ -177,7 +192,7 @@ def judge_rows(data: SettingData, store: Store) -> None:
     for claim in data.claims:
         for side in rows_of(claim.left) + rows_of(claim.right):
             wanted[(side.stage, side.label)][claim.metric.removeprefix("final_")] = None
-    margin = data.setting.report.convergence_margin
+    margins = claim_margins(data.claims, data.setting.report.convergence_margin)
     losses = data.setting.report.convergence_loss
     for (stage, label), metrics in wanted.items():
         runs = [p for p in data.expected(stage, label) if p.state == FINISHED]
@@ -193,7 +208,8 @@ def judge_rows(data: SettingData, store: Store) -> None:
             if any(histories.values()):
                 loss_judged |= is_loss
                 data.judgements[(stage, label, metric)] = judge(
-                    histories, epochs, metric=metric, margin=None if is_loss else margin,
+                    histories, epochs, metric=metric,
+                    margin=None if is_loss else margins.get(metric, margins.get(None)),
                     relative=is_loss)
     for verdict in data.verdicts:
         claim = verdict.claim

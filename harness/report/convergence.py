@@ -42,8 +42,9 @@ def explain_convergence() -> str:
             f"make over another quarter of its epochs, from the least-squares slope of the "
             f"metric over the evaluations of its last quarter (epoch >= {WINDOW_START:g} of the "
             "epochs), paired over seeds; *converged* when the one-sided 95% upper bound of the "
-            "mean gain is below the margin (0.01 in the metric's units unless the suite says "
-            "otherwise; for the training loss 5% of the distance it travelled), *still "
+            "mean gain is below the margin (in the metric's units: the suite's, else the smallest "
+            "margin of the claims on that metric, else 0.01; for the training loss 5% of the "
+            "distance it travelled), *still "
             "improving* when the lower bound is above 0, *unclear* otherwise, and *cannot be "
             f"judged* with fewer than {MIN_EVALUATIONS} evaluations a run or one seed. "
             + LEGEND)
