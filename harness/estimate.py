@@ -66,6 +66,22 @@ def recorded_speeds(tracker: Tracker | None) -> tuple[dict[str, list[float]], di
     return exact, loose
 
 
+def expected_seconds(runs, tracker: Tracker | None) -> dict[str, float]:
+    """Each stage run's expected wall seconds, by name, from the store's recorded speeds (as
+    ``harness plan`` estimates): what the live progress bar weighs it by. A run with no
+    recorded speed gets the median epoch time of those with one, so that every weight is in
+    seconds; with none recorded at all, the weights are the epochs."""
+    exact, loose = recorded_speeds(tracker)
+    per_epoch = {}
+    for r in runs:
+        params = run_params(r)
+        speeds = exact.get(_cost_key(params)) or loose.get(_cost_key(params, with_method=False))
+        if speeds:
+            per_epoch[r.name] = statistics.median(speeds)
+    fallback = statistics.median(per_epoch.values()) if per_epoch else 1.0
+    return {r.name: per_epoch.get(r.name, fallback) * int(r.run["epochs"]) for r in runs}
+
+
 def makespan(order: list[tuple], deps: dict[tuple, list[tuple]], cost: dict[tuple, float],
              workers: int) -> float:
     """Greedy list scheduling, as the parallel executors dispatch: in order, when the upstream

@@ -19,6 +19,7 @@ from typing import Callable
 from .api import StageResult
 from .engine import CHECKPOINT, ModelSource, StageTask, run_stage
 from .errors import UserError
+from .estimate import expected_seconds
 from .executors import Job, cores_here
 from .interrupts import Terminated, bounded_bookkeeping
 from .plan import Plan, resume_dir, resume_progress, run_params
@@ -107,7 +108,9 @@ class Driver:
                                  "their last saved epoch)"))
         self.tracker.start_parent(Path(self.plan.suite.path), self.plan.suite.profile, self.command,
                                   resolved=self.resolved())
-        self.progress.start(len(todo))
+        # the live bar weighs each run by its expected time; only a terminal shows it
+        self.progress.start(len(todo), expected_seconds(todo, self.tracker)
+                            if self.progress.live else None)
         todo_keys = {r.key for r in todo}  # upstream runs not in it have finished
         jobs = [Job(r.key, r.name, [k for k in r.upstream_keys() if k in todo_keys]) for r in todo]
         status = "FINISHED"
@@ -258,7 +261,7 @@ class Driver:
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             buffer.add(epoch, metrics)
-            self.progress.epoch(epoch)
+            self.progress.epoch(run.name, epoch)
 
         return run_stage(task, self.plugins, data=data, on_epoch=on_epoch)
 
@@ -267,7 +270,7 @@ class Driver:
         buffer = self.buffers.get(job.key)
         if buffer is not None:
             buffer.add(epoch, metrics)
-            self.progress.epoch(epoch)
+            self.progress.epoch(job.name, epoch)
 
     def finish(self, job: Job, result: StageResult) -> None:
         run = self.by_key[job.key]
