@@ -74,3 +74,20 @@ def pytest_collection_modifyitems(config, items):
     long test does, so starting them late leaves one core idle while the other finishes them.
     The sort is stable, so the order within each group stays the file order."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+REQUIRE_CUDA = "HARNESS_REQUIRE_CUDA"
+
+
+def pytest_runtest_setup(item):
+    """A ``cuda`` test without a GPU: skipped, or a failure where ``HARNESS_REQUIRE_CUDA=1``
+    (scripts/cuda_check.py), so that a GPU check run on a CPU cannot pass."""
+    if item.get_closest_marker("cuda") is None:
+        return
+    import torch  # only for the tests marked cuda: conftest itself stays light
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get(REQUIRE_CUDA) == "1":
+        pytest.fail(f"no CUDA GPU is visible, and {REQUIRE_CUDA}=1 asks for one", pytrace=False)
+    pytest.skip("needs a CUDA GPU (scripts/cuda_check.py runs these on one)")
