@@ -102,3 +102,23 @@ def test_unused_kinds_are_not_mixed_up():
     assert dataset(broken.shuffled_data).kind == "dataset"
     assert architecture(broken.wrong_width).kind == "architecture"
     assert evaluator(broken.NaNEvaluator).kind == "evaluator"
+
+
+def test_a_loss_that_returns_a_tensor_gets_one_message_from_every_check(one_thread):
+    """Not torch's error about sparse layouts, nor the autocast check's advice: what
+    ``harness validate`` says, from every check that trains."""
+    with pytest.warns(UserWarning):
+        outcome = check_method(broken.BareTensor, on_fail="warn")
+    failed = {name: why for name, why in outcome.items() if why}
+    assert {"check_loss_terms", "check_determinism", "check_bfloat16_autocast"} <= set(failed)
+    for why in failed.values():
+        assert "BareTensor.loss() returned a tensor, not named loss terms" in why, why
+        assert "loss() must return a dict of term names to scalar tensors" in why
+        assert "amp_safe" not in why
+
+
+def test_a_step_that_updates_with_a_tensor_is_named(one_thread):
+    with pytest.warns(UserWarning):
+        outcome = check_method(broken.BareTensorStep, on_fail="warn")
+    assert "update 'main'" in outcome["check_loss_terms"]
+    assert "BareTensorStep.step() gave update('main') returned a tensor" in outcome["check_determinism"]

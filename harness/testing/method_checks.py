@@ -28,6 +28,7 @@ from ..plugins import Entry, check_options
 from ..suite import RUN_DEFAULTS
 from ..train.build import StageData, build_method
 from ..train.checkpoint import ModelSource, load_method
+from ..train.terms import TERMS_HINT, probe_loss, terms_problem
 from ..train.updates import Updates
 from .tiny import KIT_DATA, KIT_NET, kit_plugins, tiny_data
 
@@ -121,7 +122,18 @@ class MethodUnderTest:
             raise CheckFailed(f"the reference {spec} did not train: {result.error}")
         return ModelSource(str(folder / engine.CHECKPOINT))
 
+    def check_loss_returns_terms(self) -> None:
+        """The preflight's call of ``loss`` (``harness.train.terms``), once per method under
+        test, so that every check that trains says what ``harness validate`` says."""
+        if getattr(self, "_terms_problem", False) is False:
+            data = self.data()
+            self._terms_problem = probe_loss(self.build(data), data.roles,
+                                             int(self.run.get("batch_size", 32)))
+        if self._terms_problem:
+            raise CheckFailed(f"{self._terms_problem} ({TERMS_HINT})")
+
     def train(self, folder: Path, epochs: int = 2, on_epoch=None, resume=False, **run):
+        self.check_loss_returns_terms()
         task = self.task(folder, epochs, **run)
         task.resume = resume
         result = run_stage(task, self.plugins, data=self.data(), on_epoch=on_epoch)
@@ -187,6 +199,9 @@ def check_loss_terms(m: MethodUnderTest) -> None:
     original = Updates.__call__
 
     def spy(self, name, terms):
+        problem = terms_problem(terms, f"the terms of update {name!r}")
+        if problem:
+            raise CheckFailed(f"{problem} ({TERMS_HINT})")
         for k, v in terms.items():
             if not isinstance(v, torch.Tensor) or v.dim() != 0:
                 raise CheckFailed(f"term {k!r} of update {name!r} is not a scalar tensor")
@@ -336,6 +351,7 @@ def check_unlabelled_streams_need_no_labels(m: MethodUnderTest) -> None:
 
 def check_bfloat16_autocast(m: MethodUnderTest) -> None:
     """``amp_safe = True`` promises the step runs under bfloat16 autocast with finite losses."""
+    m.check_loss_returns_terms()  # not an autocast problem: say what it is
     with _folder() as folder:
         task = m.task(folder, epochs=1, amp=True)
         result = run_stage(task, m.plugins, data=m.data())
