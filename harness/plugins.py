@@ -22,6 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import UserError, suggest
+from .option_types import annotation_of, describe, matches
 
 DIST_NAME = "harness"
 ENTRY_POINT_GROUP = "harness"
@@ -205,7 +206,8 @@ class Plugins:
 
 
 def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
-    """Refuse options the plugin's factory does not accept, naming the nearest accepted ones.
+    """Refuse options the plugin's factory does not accept, naming the nearest accepted ones,
+    and values of another type than the parameter's annotation (``harness.option_types``).
 
     ``skip`` is the number of leading positional parameters the core itself passes (the model
     and context of a method, the shape and class count of an architecture, ...).
@@ -219,11 +221,35 @@ def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
         params = params[1:]  # self
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
-    accepted = [p.name for p in params[skip:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    accepted = {p.name: p for p in params[skip:]
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for key in options:
         if key not in accepted:
             raise UserError(f"{entry.kind[:-1]} {entry.name!r} has no option {key!r}",
                             key=key, hint=suggest(key, accepted) or f"{entry.name} takes no options")
+    for key, value in options.items():
+        ann = annotation_of(accepted[key], target)
+        if not matches(ann, value):
+            raise UserError(f"option {key!r} of {entry.kind[:-1]} {entry.name!r} must be "
+                            f"{describe(ann)}, got {_value_repr(value)}", key=key,
+                            hint=_type_hint(key, value))
+
+
+def _value_repr(value) -> str:
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} ({'text' if isinstance(value, str) else type(value).__name__})"
+
+
+def _type_hint(key: str, value) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:
+            return "YAML reads 1e-3 as a string and quotes make any value one: write 1.0e-3, unquoted"
+    return f"the annotation of {key!r} in the plugin's signature says what it takes"
 
 
 def _is_file_spec(spec: str) -> bool:

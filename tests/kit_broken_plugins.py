@@ -162,3 +162,15 @@ class BareTensorStep(_Plain):
 
     def step(self, batches):
         self.update("main", self.ce(batches["train"]))
+
+
+class Untyped(_Plain):
+    """An option without an annotation, used without a check: a suite's ``weight: "0.1"``
+    would fail half-way through a grid."""
+
+    def __init__(self, model, ctx, *, weight=1.0):
+        super().__init__(model, ctx)
+        self.weight = weight
+
+    def loss(self, batch):
+        return {"task": self.ce(batch) * self.weight}

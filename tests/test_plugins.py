@@ -112,3 +112,28 @@ defaults: {epochs: 3, batch_size: 512}
                          ("epoch", "train/std/seed0", 2), ("epoch", "train/std/seed0", 3),
                          ("finished", "train/std/seed0", "FINISHED")]
     assert sys.modules["harness_test_plugins"] is tp
+
+
+@pytest.mark.parametrize("options, refused", [
+    ({"pool": "max", "steps": None, "widths": [2, 3], "scale": 2, "on": False, "tag": "y"}, None),
+    ({"steps": 3, "scale": 0.5}, None),
+    ({"pool": "median"}, "must be one of 'mean', 'max', got 'median' (text)"),
+    ({"steps": 2.5}, "must be an integer or null, got 2.5 (float)"),
+    ({"steps": True}, "must be an integer or null, got True (bool)"),
+    ({"widths": [2, "3"]}, "must be a list of integers, got [2, '3'] (list)"),
+    ({"scale": "1e-3"}, "must be a number, got '1e-3' (text)"),
+    ({"on": "yes"}, "must be true or false"),
+    ({"tag": 3}, "must be text, got 3 (int)"),
+])
+def test_option_values_are_checked_against_the_annotations(options, refused):
+    plugins = Plugins(["harness_test_plugins"])
+    entry = plugins.get("methods", "choosy")
+    if refused is None:
+        check_options(entry, options, skip=2)
+        return
+    with pytest.raises(UserError) as err:
+        check_options(entry, options, skip=2)
+    assert refused in str(err.value)
+    assert err.value.key == next(iter(options))
+    if options.get("scale") == "1e-3":
+        assert "write 1.0e-3" in err.value.hint

@@ -54,6 +54,7 @@ def test_builtin_evaluators_pass_the_kit(name, method):
 
 @pytest.mark.parametrize("cls, check, options", [
     (broken.TakesAnything, "check_options_are_checked", {}),
+    (broken.Untyped, "check_options_are_checked", {}),
     (broken.DetachedTerm, "check_loss_terms", {}),
     (broken.ChangingNames, "check_loss_terms", {}),
     (broken.DeadHead, "check_trains_its_parameters", {}),
@@ -122,3 +123,10 @@ def test_a_step_that_updates_with_a_tensor_is_named(one_thread):
         outcome = check_method(broken.BareTensorStep, on_fail="warn")
     assert "update 'main'" in outcome["check_loss_terms"]
     assert "BareTensorStep.step() gave update('main') returned a tensor" in outcome["check_determinism"]
+
+
+def test_a_wrongly_typed_option_is_named_with_the_fix(one_thread):
+    with pytest.raises(CheckFailed) as err:
+        check_method(broken.Untyped)
+    assert "option 'weight' given 'wrong' (str) is accepted: annotate it in __init__" in str(err.value)
+    assert "it takes a number" in str(err.value)

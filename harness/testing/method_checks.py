@@ -10,6 +10,7 @@ the checkpoint, frozen references must stay frozen, and so on.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import weakref
@@ -24,6 +25,7 @@ from .. import engine
 from ..api import DataBundle, Split
 from ..engine import StageTask, run_stage
 from ..errors import UserError
+from ..option_types import UNCHECKED, annotation_of, describe, matches
 from ..plugins import Entry, check_options
 from ..suite import RUN_DEFAULTS
 from ..train.build import StageData, build_method
@@ -78,10 +80,12 @@ class MethodUnderTest:
     def spec(self) -> dict[str, Any]:
         return {"name": KIT_METHOD, **self.options}
 
-    def build(self, data: StageData):
+    def build(self, data: StageData, options: dict[str, Any] | None = None):
+        """The method built on ``data``, with ``options`` instead of its own if given."""
         main = data.main
         upstream = {r: self._ref_method(s, data) for r, s in self.refs.items()}
-        return build_method(self.plugins, self.spec(), {"name": KIT_NET}, data=data,
+        spec = self.spec() if options is None else {"name": KIT_METHOD, **options}
+        return build_method(self.plugins, spec, {"name": KIT_NET}, data=data,
                             input_shape=main.input_shape, num_classes=main.num_classes,
                             stage="kit", seed=0, epochs=2, device=torch.device("cpu"),
                             upstream=upstream)
@@ -176,7 +180,8 @@ def _losses(result) -> list[dict[str, float]]:
 
 # -- the checks ------------------------------------------------------------------------------
 def check_options_are_checked(m: MethodUnderTest) -> None:
-    """A misspelled option is refused before anything runs, with the option it meant."""
+    """A misspelled option is refused before anything runs, with the option it meant, and so
+    is a value of the wrong type, for every option."""
     entry = Entry("methods", m.label, m.cls, "kit", "0")
     check_options(entry, m.options, skip=2)
     for key in list(m.options) or ["weight"]:
@@ -190,6 +195,45 @@ def check_options_are_checked(m: MethodUnderTest) -> None:
             continue
         raise CheckFailed(f"{m.label} accepts the unknown option {key}_typo: give __init__ "
                           "keyword-only options instead of **kwargs, so that typos are caught")
+    _check_wrong_types(m, entry)
+
+
+#: values one of which is of another type than any option takes
+_WRONG_VALUES = ("wrong", [0.5], {"wrong": 1})
+
+
+def _options_of(cls) -> list:
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, model, ctx
+    return [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _check_wrong_types(m: MethodUnderTest, entry: Entry) -> None:
+    """Each option given a value of another type than its annotation (or, unannotated, its
+    default) is refused as bad input: by the suite reader from the annotation, or by a
+    ``UserError`` from ``__init__``; anything else would fail half-way through a grid."""
+    data = m.data()
+    for param in _options_of(m.cls):
+        ann = annotation_of(param, m.cls.__init__)
+        default = param.default
+        guide = ann if ann is not UNCHECKED else (
+            UNCHECKED if default is param.empty or default is None else type(default))
+        wrong = next((v for v in _WRONG_VALUES if not matches(guide, v)), None)
+        if guide is UNCHECKED or wrong is None:
+            continue  # takes anything: nothing is of the wrong type
+        options = {**m.options, param.name: wrong}
+        try:
+            check_options(entry, options, skip=2)
+            m.build(data, options)
+        except UserError:
+            continue
+        except Exception as exc:  # noqa: BLE001  what a suite's wrong value would end in
+            how = f"fails with {type(exc).__name__}: {exc}"
+        else:
+            how = "is accepted"
+        example = describe(guide) if ann is UNCHECKED else describe(ann)
+        raise CheckFailed(f"option {param.name!r} given {wrong!r} ({type(wrong).__name__}) "
+                          f"{how}: annotate it in __init__ (it takes {example}) so that a suite's "
+                          "wrong value is refused before a run, or raise UserError there")
 
 
 def check_loss_terms(m: MethodUnderTest) -> None:
