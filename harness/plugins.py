@@ -8,14 +8,11 @@ built-ins), so a broken third-party package cannot stop a run; ``--plugin module
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -23,6 +20,7 @@ import pluggy
 from . import hookspecs
 from .errors import UserError, suggest
 from .option_types import annotation_of, describe, matches
+from .plugin_import import import_failure, import_spec, is_file_spec
 
 DIST_NAME = "harness"
 ENTRY_POINT_GROUP = "harness"
@@ -120,10 +118,10 @@ class Plugins:
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin package: say which, never a traceback
-                raise UserError(f"plugin {ep.name!r} (package {dist}) failed to import: "
-                                f"{type(exc).__name__}: {exc}",
-                                hint=f"fix or uninstall {dist}, or set {AUTOLOAD_ENV}=1 to load "
-                                     "only the built-in plugins") from None
+                raise import_failure(
+                    f"plugin {ep.name!r} (package {dist})", exc,
+                    hint=f"fix or uninstall {dist}, or set {AUTOLOAD_ENV}=1 to load "
+                         "only the built-in plugins") from None
             version = ep.dist.version if ep.dist is not None else "0"
             self._register(module, ep.name, version)
 
@@ -134,15 +132,17 @@ class Plugins:
         if self.pm.get_plugin(spec) is not None:
             return
         try:
-            module = _import_file(spec) if _is_file_spec(spec) else _import_dotted(spec)
+            module = import_spec(spec)
         except UserError as err:
             raise err.located(key=source) from None
         except Exception as exc:
-            raise UserError(f"plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}",
-                            key=source,
-                            hint=("give an importable dotted module path or a .py file" +
-                                  (f" in {EXTRA_PLUGINS_ENV}=a.b,c.d" if source == EXTRA_PLUGINS_ENV
-                                   else ""))) from None
+            not_found = (isinstance(exc, ModuleNotFoundError) and not is_file_spec(spec)
+                         and exc.name == spec.split(".")[0])  # no such module, not a dependency
+            hint = None
+            if not_found:
+                hint = "give an importable dotted module path or a .py file" + (
+                    f" in {EXTRA_PLUGINS_ENV}=a.b,c.d" if source == EXTRA_PLUGINS_ENV else "")
+            raise import_failure(f"plugin module {spec!r}", exc, hint).located(key=source) from None
         version = str(getattr(module, "__version__", "0"))
         self._register(module, spec, version)
 
@@ -250,48 +250,6 @@ def _type_hint(key: str, value) -> str:
         else:
             return "YAML reads 1e-3 as a string and quotes make any value one: write 1.0e-3, unquoted"
     return f"the annotation of {key!r} in the plugin's signature says what it takes"
-
-
-def _is_file_spec(spec: str) -> bool:
-    return spec.endswith(".py") or "/" in spec or os.sep in spec
-
-
-def _import_file(spec: str):
-    """Import a plugin from a ``.py`` file, as a module named after the file."""
-    path = Path(spec).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"plugin file {spec!r} does not exist", hint="give the path of a .py file")
-    name = path.stem
-    loaded = sys.modules.get(name)
-    if loaded is not None:
-        if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-            return loaded
-        raise UserError(f"plugin file {spec!r}: a module named {name!r} is already imported "
-                        f"({getattr(loaded, '__file__', 'built in')})", hint="rename the file")
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise UserError(f"plugin file {spec!r} cannot be imported", hint="give a .py file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _import_dotted(dotted: str):
-    """``import dotted``; the current folder is searched after everything else, so that a
-    module beside the suite works with the ``harness`` command as with ``python -m``."""
-    try:
-        return importlib.import_module(dotted)
-    except ModuleNotFoundError as exc:
-        here = str(Path.cwd())
-        if exc.name != dotted.split(".")[0] or here in sys.path:
-            raise
-    sys.path.append(here)
-    return importlib.import_module(dotted)
 
 
 _cache: dict[tuple, Plugins] = {}
