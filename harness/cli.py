@@ -24,6 +24,7 @@ from .errors import UserError
 
 EXIT_FAILED_RUNS = 1
 EXIT_USAGE = 2
+EXIT_NOT_CHECKED = 3  # `plugins --check`: nothing failed, but some name could not be checked
 EXIT_INTERRUPTED = 130
 
 
@@ -268,13 +269,16 @@ def _check_plugins(args, plugins) -> int:
     rows = check_installed(plugins, args.check or None)
     for row in rows:
         state = ("cannot check" if row.error else "FAILED" if row.failed else "passed")
+        note = f" ({row.note})" if row.note else ""
         print(f"{row.plugin:<28} {row.kind:<13} {row.name:<20} {state:<12} "
-              f"{len(row.passed)} passed, {len(row.failed)} failed")
+              f"{len(row.passed)} passed, {len(row.failed)} failed{note}")
         for check, why in row.failed.items():
             print(f"    {check}: {why}")
         if row.error:
             print(f"    {row.error}")
-    return 1 if any(row.failed for row in rows) else 0
+    if any(row.failed for row in rows):
+        return EXIT_FAILED_RUNS
+    return EXIT_NOT_CHECKED if any(row.error for row in rows) else 0
 
 
 def _new(args) -> int:

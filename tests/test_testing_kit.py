@@ -130,3 +130,37 @@ def test_a_wrongly_typed_option_is_named_with_the_fix(one_thread):
         check_method(broken.Untyped)
     assert "option 'weight' given 'wrong' (str) is accepted: annotate it in __init__" in str(err.value)
     assert "it takes a number" in str(err.value)
+
+
+def test_a_method_that_reads_refs_is_told_how_to_give_them(one_thread):
+    """Without refs the kit says which names it looked up and what to write, in one case (not
+    an error at collection that runs none of the module's tests); both natural forms work."""
+    from harness_test_refs import Anchored
+
+    mark = parametrize_with_checks([method(Anchored), method(entry("methods", "std"))])
+    ids = [p.id for p in mark.args[1]]
+    assert ids[0] == "Anchored-check_method_builds" and len(ids) > 2  # std's checks still run
+    with pytest.raises(CheckFailed) as err:
+        check_method(Anchored)
+    assert "reads ctx.upstream['anchor']" in str(err.value)
+    assert "method(Anchored, refs={'anchor': 'std'}" in str(err.value)
+    for refs in ({"anchor": "std"}, {"anchor": {"name": "std"}}):
+        assert set(check_method(Anchored, refs=refs).values()) == {None}  # role A: the kit's data
+    with pytest.raises(TypeError, match=r"refs\['anchor'\] is the method of the upstream stage"):
+        check_method(Anchored, refs={"anchor": 3})
+    with pytest.raises(TypeError, match="refs maps the names"):
+        check_method(Anchored, refs=["std"])
+
+
+def test_plugins_check_gives_refs_a_default_upstream_and_exit_codes_say_what_was_checked(capsys):
+    from harness.cli import main
+
+    code = main(["plugins", "--check", "harness_test_refs", "--plugin", "harness_test_refs"])
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line for line in out.splitlines() if line.startswith("harness_test_refs")}
+    assert "passed" in rows["anchored"] and "(refs: anchor=std)" in rows["anchored"]
+    assert "cannot check" in rows["needs_option"]
+    assert "check it with harness.testing.check_method(NeedsOption" in out
+    assert code == 3  # nothing failed, but not everything could be checked
+    assert main(["plugins", "--check", "harness_test_ref", "--plugin", "harness_test_refs"]) == 2
+    assert "did you mean 'harness_test_refs'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .component_checks import architecture_checks, dataset_checks, evaluator_checks
-from .method_checks import METHOD_CHECKS, CheckFailed, MethodUnderTest
+from .method_checks import METHOD_CHECKS, CheckFailed, MethodUnderTest, check_method_builds
 
 __all__ = ["CheckFailed", "check_method", "check_dataset", "check_architecture",
            "check_evaluator", "method", "dataset", "architecture", "evaluator",
@@ -71,6 +71,8 @@ def checks_for(plugin: PluginUnderTest) -> list[tuple[str, Callable[[], None]]]:
     if plugin.kind == "method":
         under = MethodUnderTest(plugin.obj, plugin.options, refs=plugin.extra["refs"],
                                 run=plugin.extra["run"])
+        if under.build_problem:  # one case that says why, instead of an error at collection
+            return [(check_method_builds.__name__, lambda: check_method_builds(under))]
         return [(c.__name__, (lambda c=c: c(under))) for c, applies in METHOD_CHECKS
                 if applies(under)]
     if plugin.kind == "dataset":

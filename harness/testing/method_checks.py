@@ -27,11 +27,12 @@ from ..engine import StageTask, run_stage
 from ..errors import UserError
 from ..option_types import UNCHECKED, annotation_of, describe, matches
 from ..plugins import Entry, check_options
-from ..suite import RUN_DEFAULTS
+from ..suite import RUN_DEFAULTS, SuiteDefaults
 from ..train.build import StageData, build_method
 from ..train.checkpoint import ModelSource, load_method
 from ..train.terms import TERMS_HINT, probe_loss, terms_problem
 from ..train.updates import Updates
+from .needs import Asked, ref_specs, refs_message
 from .tiny import KIT_DATA, KIT_NET, kit_plugins, tiny_data
 
 __all__ = ["CheckFailed", "MethodUnderTest", "METHOD_CHECKS"]
@@ -56,12 +57,42 @@ class MethodUnderTest:
 
     def __post_init__(self):
         self.plugins = kit_plugins({"methods": {KIT_METHOD: self.cls}})
-        probe = self.build(self.data(["target"]))
+        self.baseline = SuiteDefaults.of(self.plugins).baseline  # what a missing ref could be
+        self.refs = ref_specs(self.refs, self.baseline or "METHOD")
+        self.roles, self.refs_asked, self.build_problem = ["target"], [], None
+        probe = self._probe()
+        if probe is None:  # the checks say why (check_method_builds), rather than collection
+            self.unlabelled, self.optimizers, self.amp_safe = False, [], False
+            return
         streams = probe.streams()
-        self.roles = sorted({s.role for s in streams.values() if s.role} | {"target"})
+        self.roles = sorted({s.role for s in streams.values() if s.role} | set(self.roles))
         self.unlabelled = any(s.split == "unlabelled" for s in streams.values())
         self.optimizers = list(probe.optimizers())
         self.amp_safe = bool(probe.amp_safe)
+
+    def _probe(self):
+        """The method built once on the kit's data, every data role it reads supplied; None
+        (and ``build_problem`` says why) when it cannot be built with these options and refs."""
+        while True:
+            data = self.data(self.roles)
+            data.roles = Asked(data.roles)
+            upstream = Asked()
+            try:
+                return self.build(data, upstream=upstream)
+            except Exception as exc:  # noqa: BLE001  said by check_method_builds
+                roles = [r for r in data.roles.missing if isinstance(r, str) and r not in self.roles]
+                if roles:  # a data role it reads: the kit's data, as for every role; try again
+                    self.roles += roles
+                    continue
+                self.refs_asked = [r for r in upstream.missing if isinstance(r, str)]
+                if self.refs_asked:
+                    self.build_problem = refs_message(self.cls.__name__, self.refs_asked,
+                                                      self.baseline)
+                else:
+                    self.build_problem = (f"{self.label} could not be built on the kit's data "
+                                          f"with options {self.options}: "
+                                          f"{type(exc).__name__}: {exc}")
+                return None
 
     @property
     def label(self) -> str:
@@ -80,10 +111,12 @@ class MethodUnderTest:
     def spec(self) -> dict[str, Any]:
         return {"name": KIT_METHOD, **self.options}
 
-    def build(self, data: StageData, options: dict[str, Any] | None = None):
-        """The method built on ``data``, with ``options`` instead of its own if given."""
+    def build(self, data: StageData, options: dict[str, Any] | None = None, upstream=None):
+        """The method built on ``data``, with ``options`` instead of its own if given; its
+        references are added to ``upstream`` (a fresh dict by default)."""
         main = data.main
-        upstream = {r: self._ref_method(s, data) for r, s in self.refs.items()}
+        upstream = {} if upstream is None else upstream
+        upstream.update({r: self._ref_method(s, data) for r, s in self.refs.items()})
         spec = self.spec() if options is None else {"name": KIT_METHOD, **options}
         return build_method(self.plugins, spec, {"name": KIT_NET}, data=data,
                             input_shape=main.input_shape, num_classes=main.num_classes,
@@ -179,6 +212,13 @@ def _losses(result) -> list[dict[str, float]]:
 
 
 # -- the checks ------------------------------------------------------------------------------
+def check_method_builds(m: MethodUnderTest) -> None:
+    """The method builds on the kit's data with the options and references given: the only
+    check of one that does not (the others would all fail the same way)."""
+    if m.build_problem:
+        raise CheckFailed(m.build_problem)
+
+
 def check_options_are_checked(m: MethodUnderTest) -> None:
     """A misspelled option is refused before anything runs, with the option it meant, and so
     is a value of the wrong type, for every option."""
@@ -278,26 +318,34 @@ def _patched(owner, attr: str, value):
 
 
 def check_trains_its_parameters(m: MethodUnderTest) -> None:
-    """After an epoch every parameter of an optimizer moved, and no parameter outside every
-    optimizer received a gradient (a frozen part trained by mistake)."""
-    captured = {}
-    original = Updates.__init__
+    """After an epoch every parameter of an optimizer that stepped moved, and no parameter
+    outside every optimizer received a gradient (a frozen part trained by mistake). An
+    optimizer the method did not update in that epoch (a later phase of an alternating
+    schedule, such as CETL's stages) is not held to it."""
+    captured, stepped = {}, set()
+    original, original_call = Updates.__init__, Updates.__call__
 
     def spy(self, method, *a, **kw):
         original(self, method, *a, **kw)
         captured["method"], captured["updates"] = method, self
         captured["before"] = {n: p.detach().clone() for n, p in method.named_parameters()}
 
+    def spy_call(self, name, terms):
+        stepped.add(name)
+        original_call(self, name, terms)
+
     m.ref_sources()
-    with _folder() as folder, _patched(Updates, "__init__", spy):
+    with _folder() as folder, _patched(Updates, "__init__", spy), \
+            _patched(Updates, "__call__", spy_call):
         m.train(folder, epochs=1)
     method, updates = captured["method"], captured["updates"]
-    trained = {id(p) for ps in updates.params.values() for p in ps}
+    moving = {id(p) for n, ps in updates.params.items() if n in stepped for p in ps}
     still = [n for n, p in method.named_parameters()
-             if id(p) in trained and torch.equal(captured["before"][n], p.detach())]
+             if id(p) in moving and torch.equal(captured["before"][n], p.detach())]
     if still:
         raise CheckFailed(f"parameters in an optimizer did not change in an epoch: {still[:5]} "
                           "(leave them out of optimizers(), or check that the loss reaches them)")
+    trained = {id(p) for ps in updates.params.values() for p in ps}
     leaked = [n for n, p in method.named_parameters() if id(p) not in trained and p.grad is not None]
     if leaked:
         raise CheckFailed(f"parameters outside every optimizer received gradients: {leaked[:5]} "
