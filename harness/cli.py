@@ -185,14 +185,15 @@ def _dispatch(args, argv) -> int:
     if args.command == "plugins":
         if args.check is not None:
             return _check_plugins(args, load(args.plugin))
-        return _plugins(args, load(args.plugin))
+        return _plugins(args, _say_clashes(load(args.plugin, strict=False)))
     if args.command == "new":
         return _new(args)
     if args.command == "list":
-        registry = load(args.plugin).registry(args.kind)
+        registry = _say_clashes(load(args.plugin, strict=False)).registry(args.kind)
         for name in registry.names():
-            entry = registry.get(name)
-            print(f"{name:<20} {entry.plugin:<24} {entry.describe()}")
+            for entry in [registry.get(name), *registry.clashes.get(name, [])]:
+                clash = "  [registered twice]" if name in registry.clashes else ""
+                print(f"{name:<20} {entry.plugin:<24} {entry.describe()}{clash}")
         return 0
     if args.command == "ui":
         return _ui(home, args.port)
@@ -251,13 +252,28 @@ def _report(args, argv, home: Path, plugins) -> int:
     return 0
 
 
+def _say_clashes(plugins):
+    """``plugins`` and ``list`` load the plugins even when two register one name (what a run
+    refuses), so that the author sees the clash and what to disable; a warning says it."""
+    from .plugins import DISABLE_ENV  # as _dispatch: the plugin manager only for the commands
+
+    for kind, name, owners in plugins.clashes():
+        print(f"harness: warning: {kind[:-1]} {name!r} is registered by plugins "
+              f"{' and '.join(map(repr, owners))}: `harness run` refuses it until one is "
+              f"uninstalled, renamed or left out with {DISABLE_ENV}={owners[-1]}", file=sys.stderr)
+    return plugins
+
+
 def _plugins(args, plugins) -> int:
     infos = plugins.describe()
     if args.json:
         print(json.dumps([vars(i) for i in infos], indent=2))
         return 0
     for info in infos:
-        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registers.items()) or "-"
+        twice = {(k, n) for k, names in info.clashes.items() for n in names}
+        regs = "; ".join(f"{k}: " + ", ".join(n + (" [registered twice]" if (k, n) in twice else "")
+                                             for n in v)
+                         for k, v in info.registers.items()) or "-"
         hooks = ", ".join(h.replace("harness_", "") for h in info.hooks)
         print(f"{info.name} {info.version} ({info.module})\n    hooks: {hooks}\n    registers: {regs}")
     return 0
@@ -286,7 +302,14 @@ def _new(args) -> int:
     from .scaffold import scaffold  # only `harness new` needs the templates
     from .suite import SuiteDefaults
 
-    around = SuiteDefaults.of(load()).scaffold  # the installed plugins the new one is put among
+    plugins = load(strict=False)
+    registry = plugins.registry(args.kind + "s")
+    if args.name in registry:
+        raise UserError(f"a {args.kind} named {args.name!r} is registered already, by plugin "
+                        f"{registry.get(args.name).plugin!r}", key="name",
+                        hint="choose another name: two plugins that register one name make "
+                             "`harness run` refuse both")
+    around = SuiteDefaults.of(plugins).scaffold  # the installed plugins the new one is put among
     if not around:
         raise UserError("no plugin says which plugins a new plugin's suite runs with",
                         hint="install the built-in plugins (harness_suite_defaults: scaffold)")
