@@ -314,8 +314,8 @@ def _new(args) -> int:
         raise UserError("no plugin says which plugins a new plugin's suite runs with",
                         hint="install the built-in plugins (harness_suite_defaults: scaffold)")
     root = scaffold(args.kind, args.name, Path(args.dir), around)
-    print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
-          f"harness run {root}/suites/{args.name}.yaml")
+    print(f"wrote {root}: pip install -e '{root}[test]', then python -m pytest {root}/tests "
+          f"and harness run {root}/suites/{args.name}.yaml")
     return 0
 
 

@@ -164,3 +164,16 @@ def test_plugins_check_gives_refs_a_default_upstream_and_exit_codes_say_what_was
     assert code == 3  # nothing failed, but not everything could be checked
     assert main(["plugins", "--check", "harness_test_ref", "--plugin", "harness_test_refs"]) == 2
     assert "did you mean 'harness_test_refs'" in capsys.readouterr().err
+
+
+def test_two_configurations_of_one_class_get_ids_from_their_options():
+    from harness_test_refs import Anchored
+
+    std = entry("methods", "srip")
+    mark = parametrize_with_checks([method(std, weight=0.1), method(std, weight=0.5, variant="so"),
+                                    method(Anchored, refs={"anchor": "std"})])
+    ids = [p.id for p in mark.args[1]]
+    assert "Srip(weight=0.1)-check_determinism" in ids
+    assert "Srip(weight=0.5,variant=so)-check_determinism" in ids
+    assert "Anchored(refs.anchor=std)-check_determinism" in ids
+    assert len(set(ids)) == len(ids)
