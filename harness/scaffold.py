@@ -157,7 +157,7 @@ profiles:
 '''
 
 CHECK = {
-    "method": "method({cls})", "dataset": "dataset({name})",
+    "method": "method({cls}, weight=1.0)", "dataset": "dataset({name})",
     "architecture": "architecture({name}, shapes=[(1, 8, 8)])", "evaluator": "evaluator({cls})",
 }
 
