@@ -270,10 +270,9 @@ def _plugins(args, plugins) -> int:
         print(json.dumps([vars(i) for i in infos], indent=2))
         return 0
     for info in infos:
-        twice = {(k, n) for k, names in info.clashes.items() for n in names}
-        regs = "; ".join(f"{k}: " + ", ".join(n + (" [registered twice]" if (k, n) in twice else "")
-                                             for n in v)
-                         for k, v in info.registers.items()) or "-"
+        regs = "; ".join(f"{kind}: " + ", ".join(
+            name + (" [registered twice]" if name in info.clashes.get(kind, ()) else "")
+            for name in names) for kind, names in info.registers.items()) or "-"
         hooks = ", ".join(h.replace("harness_", "") for h in info.hooks)
         print(f"{info.name} {info.version} ({info.module})\n    hooks: {hooks}\n    registers: {regs}")
     return 0

@@ -125,11 +125,12 @@ def expand(suite: Suite) -> list[StageRun]:
 
 
 def _own_label(st: StageDecl, row: str, grid: dict) -> list[str]:
-    """The label of a stage's own method, for its run names, where the row does not say it: a
-    phase II with EWC of the Std row is ``AB_ewc/Std/EWC/seed0``, not ``AB_ewc/Std/seed0`` as
-    if it were the Std cell's own phase II. A method that is one of the grid's rows (the
-    transfer suites' phase II with Std) is named by its row alone, as it always was."""
-    if st.method is None or st.method.label == row:
+    """The label a suite gives a stage's own method (``label: EWC``), for its run names, where
+    the row does not say it: a phase II with EWC of the Std row is ``AB_ewc/Std/EWC/seed0``, not
+    ``AB_ewc/Std/seed0`` as if it were the Std cell's own phase II. A method without a label of
+    its own, or labelled as one of the grid's rows (the transfer suites' phase II with Std), is
+    named by its row alone, as it always was."""
+    if st.method is None or not st.method.labelled or st.method.label == row:
         return []
     if st.method.label in {ref.label for ref in grid.get("method", [])}:
         return []

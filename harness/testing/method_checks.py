@@ -73,7 +73,7 @@ class MethodUnderTest:
     def _probe(self):
         """The method built once on the kit's data, every data role it reads supplied; None
         (and ``build_problem`` says why) when it cannot be built with these options and refs."""
-        while True:
+        for _ in range(8):  # each try supplies the roles the last one found missing
             data = self.data(self.roles)
             data.roles = Asked(data.roles)
             upstream = Asked()
@@ -93,6 +93,8 @@ class MethodUnderTest:
                                           f"with options {self.options}: "
                                           f"{type(exc).__name__}: {exc}")
                 return None
+        self.build_problem = f"{self.label} asks for ever more data roles: {self.roles}"
+        return None
 
     @property
     def label(self) -> str:
