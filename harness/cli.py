@@ -26,6 +26,7 @@ from .interrupts import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
 EXIT_FAILED_RUNS = 1
 EXIT_USAGE = 2
+EXIT_NOT_CHECKED = 3  # `plugins --check`: nothing failed, but some name could not be checked
 EXIT_INTERRUPTED = 130
 
 
@@ -208,14 +209,15 @@ def _dispatch(args, argv) -> int:
     if args.command == "plugins":
         if args.check is not None:
             return _check_plugins(args, load(args.plugin))
-        return _plugins(args, load(args.plugin))
+        return _plugins(args, _say_clashes(load(args.plugin, strict=False)))
     if args.command == "new":
         return _new(args)
     if args.command == "list":
-        registry = load(args.plugin).registry(args.kind)
+        registry = _say_clashes(load(args.plugin, strict=False)).registry(args.kind)
         for name in registry.names():
-            entry = registry.get(name)
-            print(f"{name:<20} {entry.plugin:<24} {entry.describe()}")
+            for entry in [registry.get(name), *registry.clashes.get(name, [])]:
+                clash = "  [registered twice]" if name in registry.clashes else ""
+                print(f"{name:<20} {entry.plugin:<24} {entry.describe()}{clash}")
         return 0
     if args.command == "ui":
         return _ui(home, args.port)
@@ -274,13 +276,27 @@ def _report(args, argv, home: Path, plugins) -> int:
     return 0
 
 
+def _say_clashes(plugins):
+    """``plugins`` and ``list`` load the plugins even when two register one name (what a run
+    refuses), so that the author sees the clash and what to disable; a warning says it."""
+    from .plugins import DISABLE_ENV  # as _dispatch: the plugin manager only for the commands
+
+    for kind, name, owners in plugins.clashes():
+        print(f"harness: warning: {kind[:-1]} {name!r} is registered by plugins "
+              f"{' and '.join(map(repr, owners))}: `harness run` refuses it until one is "
+              f"uninstalled, renamed or left out with {DISABLE_ENV}={owners[-1]}", file=sys.stderr)
+    return plugins
+
+
 def _plugins(args, plugins) -> int:
     infos = plugins.describe()
     if args.json:
         print(json.dumps([vars(i) for i in infos], indent=2))
         return 0
     for info in infos:
-        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registers.items()) or "-"
+        regs = "; ".join(f"{kind}: " + ", ".join(
+            name + (" [registered twice]" if name in info.clashes.get(kind, ()) else "")
+            for name in names) for kind, names in info.registers.items()) or "-"
         hooks = ", ".join(h.replace("harness_", "") for h in info.hooks)
         print(f"{info.name} {info.version} ({info.module})\n    hooks: {hooks}\n    registers: {regs}")
     return 0
@@ -292,13 +308,16 @@ def _check_plugins(args, plugins) -> int:
     rows = check_installed(plugins, args.check or None)
     for row in rows:
         state = ("cannot check" if row.error else "FAILED" if row.failed else "passed")
+        note = f" ({row.note})" if row.note else ""
         print(f"{row.plugin:<28} {row.kind:<13} {row.name:<20} {state:<12} "
-              f"{len(row.passed)} passed, {len(row.failed)} failed")
+              f"{len(row.passed)} passed, {len(row.failed)} failed{note}")
         for check, why in row.failed.items():
             print(f"    {check}: {why}")
         if row.error:
             print(f"    {row.error}")
-    return 1 if any(row.failed for row in rows) else 0
+    if any(row.failed for row in rows):
+        return EXIT_FAILED_RUNS
+    return EXIT_NOT_CHECKED if any(row.error for row in rows) else 0
 
 
 def _new(args) -> int:
@@ -306,13 +325,20 @@ def _new(args) -> int:
     from .scaffold import scaffold  # only `harness new` needs the templates
     from .suite import SuiteDefaults
 
-    around = SuiteDefaults.of(load()).scaffold  # the installed plugins the new one is put among
+    plugins = load(strict=False)
+    registry = plugins.registry(args.kind + "s")
+    if args.name in registry:
+        raise UserError(f"a {args.kind} named {args.name!r} is registered already, by plugin "
+                        f"{registry.get(args.name).plugin!r}", key="name",
+                        hint="choose another name: two plugins that register one name make "
+                             "`harness run` refuse both")
+    around = SuiteDefaults.of(plugins).scaffold  # the installed plugins the new one is put among
     if not around:
         raise UserError("no plugin says which plugins a new plugin's suite runs with",
                         hint="install the built-in plugins (harness_suite_defaults: scaffold)")
     root = scaffold(args.kind, args.name, Path(args.dir), around)
-    print(f"wrote {root}: pip install -e {root}, then pytest {root}/tests and "
-          f"harness run {root}/suites/{args.name}.yaml")
+    print(f"wrote {root}: pip install -e '{root}[test]', then python -m pytest {root}/tests "
+          f"and harness run {root}/suites/{args.name}.yaml")
     return 0
 
 

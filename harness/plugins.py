@@ -2,31 +2,37 @@
 
 Built-in plugins and third-party plugins load the same way: through the ``harness`` entry-point
 group. ``HARNESS_DISABLE_PLUGIN_AUTOLOAD=1`` keeps only this distribution's own entry points (the
-built-ins), so a broken third-party package cannot stop a run; ``--plugin module.path`` (or
-``HARNESS_PLUGINS=a.b,c.d``) loads more modules for one invocation.
+built-ins), so a broken third-party package cannot stop a run; ``HARNESS_DISABLE_PLUGINS=a,b``
+leaves out the entry points (or packages) named, so that of two plugins that register one name
+the other one can run; ``--plugin module.path`` (or ``HARNESS_PLUGINS=a.b,c.d``) loads more
+modules for one invocation.
+
+A name two plugins register is a clash: which one a suite means is unknowable, so a command that
+runs or checks a suite refuses it, while ``harness plugins`` and ``harness list`` load the
+plugins anyway (``strict=False``) and show it, so that the author can see what to disable.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import UserError, suggest
+from .option_types import annotation_of, describe, matches
+from .plugin_import import import_failure, import_spec, is_file_spec
 
 DIST_NAME = "harness"
 ENTRY_POINT_GROUP = "harness"
 KINDS = ("datasets", "architectures", "methods", "evaluators", "executors")
 AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
+DISABLE_ENV = "HARNESS_DISABLE_PLUGINS"
 EXTRA_PLUGINS_ENV = "HARNESS_PLUGINS"
 
 
@@ -55,14 +61,22 @@ class Registry:
     kind: str
     entries: dict[str, Entry] = field(default_factory=dict)
 
+    #: name -> the entries that registered it after the first (``entries``' own)
+    clashes: dict[str, list[Entry]] = field(default_factory=dict)
+
     def add(self, entry: Entry) -> None:
         if entry.name in self.entries:
-            first = self.entries[entry.name]
-            raise UserError(
-                f"{self.kind[:-1]} {entry.name!r} is registered twice: by plugin {first.plugin!r} "
-                f"and by plugin {entry.plugin!r}",
-                hint="uninstall or disable one of them, or rename one registration")
+            self.clashes.setdefault(entry.name, []).append(entry)
+            return
         self.entries[entry.name] = entry
+
+    def clash_error(self, name: str) -> UserError:
+        first, *others = [self.entries[name], *self.clashes[name]]
+        plugins = " and by plugin ".join(repr(e.plugin) for e in [first, *others])
+        return UserError(
+            f"{self.kind[:-1]} {name!r} is registered twice: by plugin {plugins}",
+            hint=f"uninstall one of them, leave one out with {DISABLE_ENV}={others[0].plugin}, "
+                 "or rename one registration; `harness plugins` lists every clash")
 
     def get(self, name: str) -> Entry:
         try:
@@ -85,44 +99,66 @@ class PluginInfo:
     version: str
     hooks: list[str]
     registers: dict[str, list[str]]
+    #: of ``registers``, the names another plugin registers too
+    clashes: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Plugins:
     """The loaded plugin manager plus its filled registries."""
 
-    def __init__(self, extra_modules: list[str] | tuple[str, ...] = (), *, autoload: bool | None = None):
+    def __init__(self, extra_modules: list[str] | tuple[str, ...] = (), *,
+                 autoload: bool | None = None, strict: bool = True, environment: bool = True):
+        """``strict``: refuse a name two plugins register (``harness plugins`` and ``list``
+        show it instead); ``environment``: obey ``HARNESS_PLUGINS`` and
+        ``HARNESS_DISABLE_PLUGINS`` (the conformance kit loads the built-ins alone)."""
         self.pm = pluggy.PluginManager("harness")
         self.pm.add_hookspecs(hookspecs)
         self.versions: dict[str, str] = {}
         self.extra_modules = tuple(extra_modules)
         if autoload is None:
             autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
-        self._load_entry_points(third_party=autoload)
-        env_extra = [m.strip() for m in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if m.strip()]
+        self._load_entry_points(third_party=autoload,
+                                disabled=_env_list(DISABLE_ENV) if environment else [])
+        env_extra = _env_list(EXTRA_PLUGINS_ENV) if environment else []
         for module in env_extra:
             self.load_module(module, source=EXTRA_PLUGINS_ENV)
         for module in self.extra_modules:
             self.load_module(module)
         self.registries = {kind: Registry(kind) for kind in KINDS}
         self._fill_registries()
+        if strict:
+            for registry in self.registries.values():
+                for name in registry.clashes:
+                    raise registry.clash_error(name)
         for name in [*env_extra, *self.extra_modules]:
             self._warn_if_empty(name)
 
+    def clashes(self) -> list[tuple[str, str, list[str]]]:
+        """(kind, name, the plugins that register it) for every name registered twice."""
+        return [(kind, name, [r.entries[name].plugin, *(e.plugin for e in others)])
+                for kind, r in self.registries.items() for name, others in r.clashes.items()]
+
     # -- loading ---------------------------------------------------------------------------
-    def _load_entry_points(self, *, third_party: bool) -> None:
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    def _load_entry_points(self, *, third_party: bool, disabled: list[str]) -> None:
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        known = {ep.name for ep in entry_points} | {ep.dist.name for ep in entry_points if ep.dist}
+        for name in disabled:
+            if name not in known:
+                raise UserError(f"no installed plugin {name!r} to leave out", key=DISABLE_ENV,
+                                hint=suggest(name, known) or "see `harness plugins` for the names")
+        for ep in entry_points:
             dist = ep.dist.name if ep.dist is not None else "?"
-            if not third_party and dist != DIST_NAME:
+            if (not third_party and dist != DIST_NAME) or ep.name in disabled or dist in disabled:
                 continue
             if self.pm.get_plugin(ep.name) is not None:
                 continue
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin package: say which, never a traceback
-                raise UserError(f"plugin {ep.name!r} (package {dist}) failed to import: "
-                                f"{type(exc).__name__}: {exc}",
-                                hint=f"fix or uninstall {dist}, or set {AUTOLOAD_ENV}=1 to load "
-                                     "only the built-in plugins") from None
+                raise import_failure(
+                    f"plugin {ep.name!r} (package {dist})", exc,
+                    hint=f"fix or uninstall {dist}, or set {AUTOLOAD_ENV}=1 to load "
+                         "only the built-in plugins") from None
             version = ep.dist.version if ep.dist is not None else "0"
             self._register(module, ep.name, version)
 
@@ -133,15 +169,17 @@ class Plugins:
         if self.pm.get_plugin(spec) is not None:
             return
         try:
-            module = _import_file(spec) if _is_file_spec(spec) else _import_dotted(spec)
+            module = import_spec(spec)
         except UserError as err:
             raise err.located(key=source) from None
         except Exception as exc:
-            raise UserError(f"plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}",
-                            key=source,
-                            hint=("give an importable dotted module path or a .py file" +
-                                  (f" in {EXTRA_PLUGINS_ENV}=a.b,c.d" if source == EXTRA_PLUGINS_ENV
-                                   else ""))) from None
+            not_found = (isinstance(exc, ModuleNotFoundError) and not is_file_spec(spec)
+                         and exc.name == spec.split(".")[0])  # no such module, not a dependency
+            hint = None
+            if not_found:
+                hint = "give an importable dotted module path or a .py file" + (
+                    f" in {EXTRA_PLUGINS_ENV}=a.b,c.d" if source == EXTRA_PLUGINS_ENV else "")
+            raise import_failure(f"plugin module {spec!r}", exc, hint).located(key=source) from None
         version = str(getattr(module, "__version__", "0"))
         self._register(module, spec, version)
 
@@ -191,21 +229,28 @@ class Plugins:
 
     def describe(self) -> list[PluginInfo]:
         by_plugin: dict[str, dict[str, list[str]]] = {}
+        clashing: dict[str, dict[str, list[str]]] = {}
         for kind, registry in self.registries.items():
-            for entry in registry.entries.values():
+            for entry in [*registry.entries.values(), *(e for es in registry.clashes.values()
+                                                        for e in es)]:
                 by_plugin.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
+                if entry.name in registry.clashes:
+                    clashing.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
         infos = []
         for name, plugin in self.pm.list_name_plugin():
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             infos.append(PluginInfo(name=name, module=getattr(plugin, "__name__", str(plugin)),
                                     version=self.versions.get(name, "0"), hooks=hooks,
                                     registers={k: sorted(v) for k, v in
-                                               by_plugin.get(name, {}).items()}))
+                                               by_plugin.get(name, {}).items()},
+                                    clashes={k: sorted(v) for k, v in
+                                             clashing.get(name, {}).items()}))
         return sorted(infos, key=lambda i: i.name)
 
 
 def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
-    """Refuse options the plugin's factory does not accept, naming the nearest accepted ones.
+    """Refuse options the plugin's factory does not accept, naming the nearest accepted ones,
+    and values of another type than the parameter's annotation (``harness.option_types``).
 
     ``skip`` is the number of leading positional parameters the core itself passes (the model
     and context of a method, the shape and class count of an architecture, ...).
@@ -219,62 +264,48 @@ def check_options(entry: Entry, options: dict, *, skip: int = 0) -> None:
         params = params[1:]  # self
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
-    accepted = [p.name for p in params[skip:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    accepted = {p.name: p for p in params[skip:]
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for key in options:
         if key not in accepted:
             raise UserError(f"{entry.kind[:-1]} {entry.name!r} has no option {key!r}",
                             key=key, hint=suggest(key, accepted) or f"{entry.name} takes no options")
+    for key, value in options.items():
+        ann = annotation_of(accepted[key], target)
+        if not matches(ann, value):
+            raise UserError(f"option {key!r} of {entry.kind[:-1]} {entry.name!r} must be "
+                            f"{describe(ann)}, got {_value_repr(value)}", key=key,
+                            hint=_type_hint(key, value))
 
 
-def _is_file_spec(spec: str) -> bool:
-    return spec.endswith(".py") or "/" in spec or os.sep in spec
+def _value_repr(value) -> str:
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} ({'text' if isinstance(value, str) else type(value).__name__})"
 
 
-def _import_file(spec: str):
-    """Import a plugin from a ``.py`` file, as a module named after the file."""
-    path = Path(spec).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"plugin file {spec!r} does not exist", hint="give the path of a .py file")
-    name = path.stem
-    loaded = sys.modules.get(name)
-    if loaded is not None:
-        if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-            return loaded
-        raise UserError(f"plugin file {spec!r}: a module named {name!r} is already imported "
-                        f"({getattr(loaded, '__file__', 'built in')})", hint="rename the file")
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise UserError(f"plugin file {spec!r} cannot be imported", hint="give a .py file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _import_dotted(dotted: str):
-    """``import dotted``; the current folder is searched after everything else, so that a
-    module beside the suite works with the ``harness`` command as with ``python -m``."""
-    try:
-        return importlib.import_module(dotted)
-    except ModuleNotFoundError as exc:
-        here = str(Path.cwd())
-        if exc.name != dotted.split(".")[0] or here in sys.path:
-            raise
-    sys.path.append(here)
-    return importlib.import_module(dotted)
+def _type_hint(key: str, value) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:
+            return "YAML reads 1e-3 as a string and quotes make any value one: write 1.0e-3, unquoted"
+    return f"the annotation of {key!r} in the plugin's signature says what it takes"
 
 
 _cache: dict[tuple, Plugins] = {}
 
 
-def load(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
+def load(extra_modules: list[str] | tuple[str, ...] = (), *, strict: bool = True) -> Plugins:
     """The process-wide plugins for these extra modules (loading entry points is not free)."""
-    key = (tuple(extra_modules), os.environ.get(AUTOLOAD_ENV, ""), os.environ.get(EXTRA_PLUGINS_ENV, ""),
-           tuple(sys.path))
+    key = (tuple(extra_modules), strict, os.environ.get(AUTOLOAD_ENV, ""),
+           os.environ.get(EXTRA_PLUGINS_ENV, ""), os.environ.get(DISABLE_ENV, ""), tuple(sys.path))
     if key not in _cache:
-        _cache[key] = Plugins(extra_modules)
+        _cache[key] = Plugins(extra_modules, strict=strict)
     return _cache[key]
+
+
+def _env_list(variable: str) -> list[str]:
+    return [m.strip() for m in os.environ.get(variable, "").split(",") if m.strip()]

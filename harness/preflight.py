@@ -3,9 +3,10 @@ before anything is recorded.
 
 Option values a signature cannot check (an activation name, a network that does not fit the
 data's shape, a CUDA device on a machine without one, a method that needs a layer the network
-lacks, a stream over a split the data does not have) then fail as bad input, exit 2, with the
-suite's key, instead of as FAILED stage runs half-way through a grid. Only ``UserError`` counts
-here: anything else a plugin raises is left for the stage run to record, with its traceback.
+lacks, a stream over a split the data does not have, a ``loss()`` that returns a bare tensor:
+``harness.train.terms``) then fail as bad input, exit 2, with the suite's key, instead of as
+FAILED stage runs half-way through a grid. Only ``UserError`` counts here: anything else a
+plugin raises is left for the stage run to record, with its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import UserError
 from .suite import StageRun, Suite
 from .train.build import StageData, build_method, build_model
 from .train.streams import resolve_streams
+from .train.terms import TERMS_HINT, probe_loss
 
 
 def preflight(suite: Suite, plugins, runs: list[StageRun], stage_data) -> None:
@@ -73,6 +75,10 @@ def _build_untrained(suite: Suite, plugins, run: StageRun, stage_data: StageData
         raise err.under(run.method.key, file=suite.path, own=("method", run.method.name)) from None
     except Exception:  # noqa: BLE001  as above
         return None
+    problem = probe_loss(method, stage_data.roles, int(run.run["batch_size"]))
+    if problem:
+        raise UserError(f"method {run.method.name!r}: {problem}", file=suite.path,
+                        key=run.method.key, hint=TERMS_HINT)
     method.eval()
     method.requires_grad_(False)
     return method

@@ -2,9 +2,15 @@
 
 What a newcomer needs to start from is not a snippet but a package whose every part already
 works: the entry point that registers it, a documented skeleton that trains (a method that is
-plain cross-entropy until edited), a suite that uses it, and a conformance test calling
-``harness.testing.parametrize_with_checks``. Editing from green is easier than debugging from
-nothing.
+plain cross-entropy until edited), a suite that uses it, a conformance test calling
+``harness.testing.parametrize_with_checks`` and a ``test`` extra with pytest. Editing from
+green is easier than debugging from nothing.
+
+The module is ``src/NAME.py``, not ``NAME.py`` beside ``pyproject.toml``: with an editable
+install of the flat layout, ``python -m pytest NAME/tests`` (run from the folder above, as the
+README says) found the folder ``NAME/`` first on ``sys.path`` and imported it as an empty
+namespace package instead of the module. Under ``src/`` the install adds ``src`` to
+``sys.path`` and the module wins, however the tests are run.
 """
 
 from __future__ import annotations
@@ -30,10 +36,16 @@ description = "{title}: a {kind} plugin for harness"
 requires-python = ">=3.11"
 dependencies = ["harness"]
 
+[project.optional-dependencies]
+test = ["pytest>=8"]
+
 [project.entry-points.harness]
 {name} = "{name}"
 
+# the module lives in src/, so that this folder (named like it) never shadows the installed
+# module: `python -m pytest {name}/tests` puts the current folder first on sys.path
 [tool.setuptools]
+package-dir = {{"" = "src"}}
 py-modules = ["{name}"]
 '''
 
@@ -145,7 +157,7 @@ profiles:
 '''
 
 CHECK = {
-    "method": "method({cls})", "dataset": "dataset({name})",
+    "method": "method({cls}, weight=1.0)", "dataset": "dataset({name})",
     "architecture": "architecture({name}, shapes=[(1, 8, 8)])", "evaluator": "evaluator({cls})",
 }
 
@@ -203,8 +215,9 @@ def scaffold(kind: str, name: str, folder: Path, around: dict[str, str]) -> Path
         grid["architecture"] = around["vector_architecture"]
     (root / "suites").mkdir(parents=True)
     (root / "tests").mkdir()
+    (root / "src").mkdir()
     (root / "pyproject.toml").write_text(PYPROJECT.format(**names))
-    (root / f"{name}.py").write_text(MODULES[kind].format(**names))
+    (root / "src" / f"{name}.py").write_text(MODULES[kind].format(**names))
     (root / "suites" / f"{name}.yaml").write_text(SUITE.format(**names, **grid))
     (root / "tests" / "test_conformance.py").write_text(
         TESTS.format(**names, check=CHECK[kind].format(**names)))

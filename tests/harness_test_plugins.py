@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from typing import Literal
+
 from harness.api import Evaluator, Method, Stream, hookimpl
 
 EVENTS: list[tuple] = []
@@ -62,6 +64,18 @@ class Boom(Method):
         raise RuntimeError("boom from a plugin")
 
 
+class Choosy(Method):
+    """Options of every annotated kind the suite reader checks (as strings: this module uses
+    ``from __future__ import annotations``)."""
+
+    def __init__(self, model, ctx, *, pool: Literal["mean", "max"] = "mean", steps: int | None = None,
+                 widths: list[int] = (4,), scale: float = 1.0, on: bool = True, tag: str = "x"):
+        super().__init__(model, ctx)
+
+    def loss(self, batch):
+        return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
+
+
 class ParamCount(Evaluator):
     """Number of parameters of every network the method exposes (checks networks())."""
 
@@ -77,6 +91,7 @@ def harness_register_methods(register):
     register("two_net", TwoNet)
     register("explode", Explode)
     register("boom", Boom)
+    register("choosy", Choosy)
 
 
 @hookimpl

@@ -148,3 +148,29 @@ def shuffled_data(ctx):
 
 def wrong_width(input_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), 3))
+
+
+class BareTensor(_Plain):
+    """Returns the loss itself instead of named terms."""
+
+    def loss(self, batch):
+        return self.ce(batch)
+
+
+class BareTensorStep(_Plain):
+    """Its own step hands ``update`` the loss itself instead of named terms."""
+
+    def step(self, batches):
+        self.update("main", self.ce(batches["train"]))
+
+
+class Untyped(_Plain):
+    """An option without an annotation, used without a check: a suite's ``weight: "0.1"``
+    would fail half-way through a grid."""
+
+    def __init__(self, model, ctx, *, weight=1.0):
+        super().__init__(model, ctx)
+        self.weight = weight
+
+    def loss(self, batch):
+        return {"task": self.ce(batch) * self.weight}

@@ -11,6 +11,7 @@ arguments), ``# suite:`` (for a plugin case: the grid's method line of the suite
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -109,6 +110,20 @@ def test_bad_plugin(case, store, capsys, monkeypatch, tmp_path):
         assert line.startswith(f"harness: error: {suite}: {d['expect']}: ")
 
 
+@pytest.mark.parametrize("case", ["plugin_import_error.py", "plugin_name_error.py",
+                                  "plugin_syntax_error.py"])
+def test_a_plugin_file_that_fails_names_its_file_and_line(case, store, capsys, tmp_path):
+    """``--plugin path/to/file.py``: the file was found, so the message is the plugin's own
+    error at its line, not advice on how to name a module."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(GOOD)
+    path = CORPUS / case
+    line = refused(["run", str(suite), "--plugin", str(path)], store, capsys)
+    assert f"failed to import at {path}, line " in line, line
+    assert directives(path)["expect"].split(":")[0] in line
+    assert "dotted module path" not in line
+
+
 def test_a_plugin_module_that_does_not_exist(store, capsys, tmp_path):
     suite = tmp_path / "suite.yaml"
     suite.write_text(GOOD)
@@ -124,7 +139,8 @@ def test_through_the_console_script(case, tmp_path):
                                                               "--plugin", path.stem]
     (tmp_path / "s.yaml").write_text(GOOD)
     home = tmp_path / "home"
-    env = subprocess_env({"PYTHONPATH": str(CORPUS)})
+    # the corpus before the path the tests run with (which may name this checkout's harness)
+    env = subprocess_env({"PYTHONPATH": os.pathsep.join([str(CORPUS), os.environ.get("PYTHONPATH", "")])})
     proc = subprocess.run([str(Path(sys.executable).with_name("harness")), *args, "--home", str(home)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2

@@ -64,7 +64,7 @@ def validate(tmp_path, monkeypatch, isolated_home):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(["validate", str(suite), *args])
-        text = err.getvalue()
+        text = check.err = err.getvalue()
         assert code in (0, 2), text
         assert "Traceback" not in text
         if code == 2:
@@ -177,6 +177,38 @@ def mutated(draw):
 def test_mutations_of_every_suite(validate, case):
     _, tree, profile = case
     validate(dump(tree), *(["--profile", profile] if profile else []))
+
+
+# -- a key given twice -------------------------------------------------------------------------
+def _block_key_lines(text: str) -> list[tuple[int, str]]:
+    """(0-based line, key) of every key of a block mapping that starts its own line."""
+    out, lines = [], text.splitlines()
+    stack = [yaml.compose(text)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                line = lines[k.start_mark.line]
+                if not node.flow_style and line[:k.start_mark.column].strip() == "":
+                    out.append((k.start_mark.line, k.value))
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return out
+
+
+@fuzz(60)
+@given(st.sampled_from(SUITES), st.data())
+def test_a_key_given_twice_is_refused_naming_it(validate, path, data):
+    """Any key of a shipped suite written twice in its mapping (PyYAML would keep the last
+    silently) is bad input naming the key and both lines."""
+    text = path.read_text()
+    line, key = data.draw(st.sampled_from(_block_key_lines(text)))
+    lines = text.splitlines(keepends=True)
+    lines.insert(line + 1, lines[line] if lines[line].endswith("\n") else lines[line] + "\n")
+    assert validate("".join(lines)) == 2
+    assert f"key {key!r} is given twice in one mapping, on lines {line + 1} and {line + 2}" \
+        in validate.err, validate.err
 
 
 # -- plugin options ----------------------------------------------------------------------------

@@ -167,3 +167,26 @@ def test_shipped_suites_validate():
         suite = load_suite(path)
         check_plugins(suite, plugins)
         assert expand(suite)
+
+
+def test_a_stages_own_method_label_is_in_its_run_names(write_suite, capsys):
+    """A phase II that trains with a method of its own that the suite labels (and not as one of
+    the grid's rows) is named by that label too; otherwise it keeps the row's name alone."""
+    from harness.cli import main
+
+    suite = write_suite("""
+suite: own-label
+defaults: {batch_size: 512, epochs: 1, threads: 1}
+grid: {method: [{name: std, label: Std}], architecture: [mi_mlp]}
+stages:
+  A: {dataset: ib12}
+  AB: {from: A, dataset: ib12_flipped, method: {name: std, label: Std}}
+  AB_ort: {from: A, dataset: ib12_flipped, method: {name: srip, label: Ort}}
+  AB_srip: {from: A, dataset: ib12_flipped, method: srip}
+""")
+    assert main(["run", str(suite), "--dry-run"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
+    # a method the suite does not label keeps the names runs always had
+    assert names == ["A/Std/seed0", "AB/Std/seed0", "AB_ort/Std/Ort/seed0", "AB_srip/Std/seed0"]
+    rows = {r.stage: r.row for r in expand(load_suite(suite))}
+    assert rows["AB_ort"] == "Std"  # tables and claims still file it under the row it continues

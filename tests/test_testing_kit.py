@@ -54,6 +54,7 @@ def test_builtin_evaluators_pass_the_kit(name, method):
 
 @pytest.mark.parametrize("cls, check, options", [
     (broken.TakesAnything, "check_options_are_checked", {}),
+    (broken.Untyped, "check_options_are_checked", {}),
     (broken.DetachedTerm, "check_loss_terms", {}),
     (broken.ChangingNames, "check_loss_terms", {}),
     (broken.DeadHead, "check_trains_its_parameters", {}),
@@ -102,3 +103,77 @@ def test_unused_kinds_are_not_mixed_up():
     assert dataset(broken.shuffled_data).kind == "dataset"
     assert architecture(broken.wrong_width).kind == "architecture"
     assert evaluator(broken.NaNEvaluator).kind == "evaluator"
+
+
+def test_a_loss_that_returns_a_tensor_gets_one_message_from_every_check(one_thread):
+    """Not torch's error about sparse layouts, nor the autocast check's advice: what
+    ``harness validate`` says, from every check that trains."""
+    with pytest.warns(UserWarning):
+        outcome = check_method(broken.BareTensor, on_fail="warn")
+    failed = {name: why for name, why in outcome.items() if why}
+    assert {"check_loss_terms", "check_determinism", "check_bfloat16_autocast"} <= set(failed)
+    for why in failed.values():
+        assert "BareTensor.loss() returned a tensor, not named loss terms" in why, why
+        assert "loss() must return a dict of term names to scalar tensors" in why
+        assert "amp_safe" not in why
+
+
+def test_a_step_that_updates_with_a_tensor_is_named(one_thread):
+    with pytest.warns(UserWarning):
+        outcome = check_method(broken.BareTensorStep, on_fail="warn")
+    assert "update 'main'" in outcome["check_loss_terms"]
+    assert "BareTensorStep.step() gave update('main') returned a tensor" in outcome["check_determinism"]
+
+
+def test_a_wrongly_typed_option_is_named_with_the_fix(one_thread):
+    with pytest.raises(CheckFailed) as err:
+        check_method(broken.Untyped)
+    assert "option 'weight' given 'wrong' (str) is accepted: annotate it in __init__" in str(err.value)
+    assert "it takes a number" in str(err.value)
+
+
+def test_a_method_that_reads_refs_is_told_how_to_give_them(one_thread):
+    """Without refs the kit says which names it looked up and what to write, in one case (not
+    an error at collection that runs none of the module's tests); both natural forms work."""
+    from harness_test_refs import Anchored
+
+    mark = parametrize_with_checks([method(Anchored), method(entry("methods", "std"))])
+    ids = [p.id for p in mark.args[1]]
+    assert ids[0] == "Anchored-check_method_builds" and len(ids) > 2  # std's checks still run
+    with pytest.raises(CheckFailed) as err:
+        check_method(Anchored)
+    assert "reads ctx.upstream['anchor']" in str(err.value)
+    assert "method(Anchored, refs={'anchor': 'std'}" in str(err.value)
+    for refs in ({"anchor": "std"}, {"anchor": {"name": "std"}}):
+        assert set(check_method(Anchored, refs=refs).values()) == {None}  # role A: the kit's data
+    with pytest.raises(TypeError, match=r"refs\['anchor'\] is the method of the upstream stage"):
+        check_method(Anchored, refs={"anchor": 3})
+    with pytest.raises(TypeError, match="refs maps the names"):
+        check_method(Anchored, refs=["std"])
+
+
+def test_plugins_check_gives_refs_a_default_upstream_and_exit_codes_say_what_was_checked(capsys):
+    from harness.cli import main
+
+    code = main(["plugins", "--check", "harness_test_refs", "--plugin", "harness_test_refs"])
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line for line in out.splitlines() if line.startswith("harness_test_refs")}
+    assert "passed" in rows["anchored"] and "(refs: anchor=std)" in rows["anchored"]
+    assert "cannot check" in rows["needs_option"]
+    assert "check it with harness.testing.check_method(NeedsOption" in out
+    assert code == 3  # nothing failed, but not everything could be checked
+    assert main(["plugins", "--check", "harness_test_ref", "--plugin", "harness_test_refs"]) == 2
+    assert "did you mean 'harness_test_refs'" in capsys.readouterr().err
+
+
+def test_two_configurations_of_one_class_get_ids_from_their_options():
+    from harness_test_refs import Anchored
+
+    std = entry("methods", "srip")
+    mark = parametrize_with_checks([method(std, weight=0.1), method(std, weight=0.5, variant="so"),
+                                    method(Anchored, refs={"anchor": "std"})])
+    ids = [p.id for p in mark.args[1]]
+    assert "Srip(weight=0.1)-check_determinism" in ids
+    assert "Srip(weight=0.5,variant=so)-check_determinism" in ids
+    assert "Anchored(refs.anchor=std)-check_determinism" in ids
+    assert len(set(ids)) == len(ids)

@@ -101,7 +101,7 @@ def expand(suite: Suite) -> list[StageRun]:
                         row = runs[from_key].row
                     else:
                         row = method.label
-                    name_parts = [stname, row]
+                    name_parts = [stname, row, *_own_label(st, row, setting.grid)]
                     for a in ("dataset", "architecture"):
                         if a in deps[stname] and len(setting.grid.get(a, [])) > 1:
                             name_parts.append(labels[a])
@@ -122,6 +122,19 @@ def expand(suite: Suite) -> list[StageRun]:
                               for r, s in st.refs.items()},
                         name=name, expected_failure=setting.expect_failure.get((stname, row), ""))
     return list(runs.values())
+
+
+def _own_label(st: StageDecl, row: str, grid: dict) -> list[str]:
+    """The label a suite gives a stage's own method (``label: EWC``), for its run names, where
+    the row does not say it: a phase II with EWC of the Std row is ``AB_ewc/Std/EWC/seed0``, not
+    ``AB_ewc/Std/seed0`` as if it were the Std cell's own phase II. A method without a label of
+    its own, or labelled as one of the grid's rows (the transfer suites' phase II with Std), is
+    named by its row alone, as it always was."""
+    if st.method is None or not st.method.labelled or st.method.label == row:
+        return []
+    if st.method.label in {ref.label for ref in grid.get("method", [])}:
+        return []
+    return [st.method.label]
 
 
 def _key(setting: str, stage: str, axes: tuple[str, ...], cell: dict, replicate: int) -> tuple:

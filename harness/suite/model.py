@@ -22,6 +22,8 @@ class PluginRef:
     label: str
     options: tuple[tuple[str, Any], ...] = ()
     key: str = ""  # where it was declared, for error messages
+    #: whether the suite gave the label (`label: EWC`) rather than the name and options making it
+    labelled: bool = field(default=False, compare=False)
 
     @property
     def opts(self) -> dict[str, Any]:

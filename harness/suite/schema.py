@@ -100,7 +100,8 @@ class Checker:
             if not isinstance(label, str) or not label:
                 self.fail(f"{key}.label", "a label must be a non-empty string", "e.g. `label: RR6`")
             self.plain(label, f"{key}.label")
-            return PluginRef(value["name"], label, tuple(sorted(options.items())), key)
+            return PluginRef(value["name"], label, tuple(sorted(options.items())), key,
+                             labelled="label" in value)
         self.fail(key, f"a {axis} is a name or a mapping with `name:`, got "
                        f"{type(value).__name__}", "e.g. `NAME` or `{name: NAME, OPTION: VALUE}`")
 

@@ -1,6 +1,7 @@
 """Reading a suite file: UTF-8 YAML of at most ``MAX_SUITE_BYTES``, parsed with YAML 1.2's
-booleans, nested at most ``MAX_DEPTH`` levels and at most ``MAX_NODES`` values (aliases
-counted), every failure a ``UserError`` that names the file and, where YAML knows it, the line."""
+booleans, no key given twice in one mapping, nested at most ``MAX_DEPTH`` levels and at most
+``MAX_NODES`` values (aliases counted), every failure a ``UserError`` that names the file and,
+where YAML knows it, the line."""
 
 from __future__ import annotations
 
@@ -13,11 +14,37 @@ from ..errors import UserError
 from .schema import MAX_DEPTH, MAX_NODES, MAX_SUITE_BYTES
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping: PyYAML keeps the last silently (``seeds: 2`` then
+    ``seeds: 3`` ran 3 seeds), so which value a suite meant is unknowable."""
+
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"key {key!r} twice")
+        self.key, self.first, self.second = key, first, second
+
+
 class SuiteLoader(yaml.SafeLoader):
-    """YAML's safe loader with YAML 1.2's booleans: only true and false.
+    """YAML's safe loader with YAML 1.2's booleans (only true and false), refusing a key given
+    twice in one mapping.
 
     YAML 1.1 also reads on/off/yes/no as booleans, so an evaluator's ``on: [target, source]``
     would arrive as the key True, and a data set named ``no`` as False."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:  # before merges: a `<<` key may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base constructor refuses it
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 SuiteLoader.yaml_implicit_resolvers = {
@@ -79,6 +106,12 @@ def _parse_yaml(text: str, path: Path):
     except RecursionError:
         raise UserError(f"the YAML document is nested more than {MAX_DEPTH} levels deep",
                         file=str(path), hint="a suite needs a few levels of mappings and lists") from None
+    except DuplicateKey as exc:
+        where = (f"lines {exc.first} and {exc.second}" if exc.first != exc.second
+                 else f"line {exc.first}")
+        raise UserError(f"key {_short_key(exc.key)} is given twice in one mapping, on {where}",
+                        file=str(path), key=f"line {exc.second}",
+                        hint="YAML would keep only the last one: remove one, or merge them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -86,3 +119,8 @@ def _parse_yaml(text: str, path: Path):
         raise UserError(f"is not valid YAML: {problem}", file=str(path), key=where,
                         hint="check indentation and quoting there") from None
 
+
+
+def _short_key(key) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."

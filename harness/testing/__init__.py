@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .component_checks import architecture_checks, dataset_checks, evaluator_checks
-from .method_checks import METHOD_CHECKS, CheckFailed, MethodUnderTest
+from .method_checks import METHOD_CHECKS, CheckFailed, MethodUnderTest, check_method_builds
 
 __all__ = ["CheckFailed", "check_method", "check_dataset", "check_architecture",
            "check_evaluator", "method", "dataset", "architecture", "evaluator",
@@ -42,6 +42,15 @@ class PluginUnderTest:
     @property
     def label(self) -> str:
         return getattr(self.obj, "__name__", type(self.obj).__name__)
+
+    @property
+    def case_id(self) -> str:
+        """The label with the options and references, so that two configurations of one class
+        get pytest ids that say which is which (not pytest's ``...0`` and ``...1``)."""
+        parts = [f"{k}={_short(v)}" for k, v in self.options.items()]
+        parts += [f"refs.{r}={_short(spec.get('name') if isinstance(spec, dict) else spec)}"
+                  for r, spec in (self.extra.get("refs") or {}).items()]
+        return f"{self.label}({','.join(parts)})" if parts else self.label
 
 
 def method(cls, *, refs=None, run=None, expected_failed_checks=None, **options):
@@ -66,11 +75,25 @@ def evaluator(cls, *, method=None, expected_failed_checks=None, **options):
                            expected_failed_checks or {})
 
 
+def _short(value) -> str:
+    """An option's value in an id: short, and without spaces."""
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = "_".join(_short(v) for v in value)
+    else:
+        text = str(value)
+    text = text.replace(" ", "")
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 def checks_for(plugin: PluginUnderTest) -> list[tuple[str, Callable[[], None]]]:
     """(name, a call that runs the check) for every check that applies to the plugin."""
     if plugin.kind == "method":
         under = MethodUnderTest(plugin.obj, plugin.options, refs=plugin.extra["refs"],
                                 run=plugin.extra["run"])
+        if under.build_problem:  # one case that says why, instead of an error at collection
+            return [(check_method_builds.__name__, lambda: check_method_builds(under))]
         return [(c.__name__, (lambda c=c: c(under))) for c, applies in METHOD_CHECKS
                 if applies(under)]
     if plugin.kind == "dataset":
@@ -123,8 +146,8 @@ def check_evaluator(cls, options=None, *, method=None, on_fail="raise"):
 
 
 def parametrize_with_checks(plugins: list[PluginUnderTest]):
-    """A pytest parametrize mark with one case per (plugin, check), ids ``Label-check_name``,
-    and ``expected_failed_checks`` as xfail; the test body is ``check(plugin)``."""
+    """A pytest parametrize mark with one case per (plugin, check), ids
+    ``Label(option=value,...)-check_name``, and ``expected_failed_checks`` as xfail; the test body is ``check(plugin)``."""
     import pytest  # the kit runs outside pytest too (check_method, harness plugins --check)
 
     cases = []
@@ -135,5 +158,5 @@ def parametrize_with_checks(plugins: list[PluginUnderTest]):
                 marks = pytest.mark.xfail(reason=plugin.expected_failed_checks[name],
                                           raises=CheckFailed, strict=True)
             cases.append(pytest.param(plugin, (lambda _p, run=run: run()),
-                                      id=f"{plugin.label}-{name}", marks=marks))
+                                      id=f"{plugin.case_id}-{name}", marks=marks))
     return pytest.mark.parametrize("plugin, check", cases)

@@ -2,18 +2,20 @@
 
 Options cannot be known for a plugin that needs some (a split point, a data folder), so each
 name is checked with its defaults; a name that cannot be built or exercised that way (an error
-other than a failed check) is reported as such, with the reason, rather than as a broken
-contract. Architectures are probed on a few common
-input shapes and checked on those they build for.
+other than a failed check) is reported as such, with the reason and how to check it with the
+kit, rather than as a broken contract. A method that reads upstream stages through ``refs:``
+gets the suite defaults' baseline method as each (what ``harness.testing.needs`` finds it
+looks up), and its row says so. Architectures are probed on a few common input shapes and
+checked on those they build for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import UserError, suggest
 from . import architecture, checks_for, dataset, evaluator, method
-from .method_checks import CheckFailed
+from .method_checks import CheckFailed, MethodUnderTest
 
 __all__ = ["CheckRow", "check_installed", "PROBE_SHAPES"]
 
@@ -30,6 +32,8 @@ class CheckRow:
     passed: list[str]
     failed: dict[str, str]
     error: str | None = None
+    #: how it was checked beyond its defaults (the references it was given)
+    note: str = ""
 
 
 def _claimed_shapes(factory) -> list[tuple[int, ...]]:
@@ -43,6 +47,21 @@ def _claimed_shapes(factory) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _method(entry, row: CheckRow):
+    """The method with its defaults, and the baseline method as every upstream stage it reads
+    (``refs:``); refused with how to check it when it cannot be built so."""
+    probe = MethodUnderTest(entry.obj, name=entry.name)
+    if probe.refs_asked and probe.baseline:
+        refs = {r: probe.baseline for r in probe.refs_asked}
+        row.note = "refs: " + ", ".join(f"{r}={m}" for r, m in refs.items())
+        probe = MethodUnderTest(entry.obj, refs=refs, name=entry.name)
+    if probe.build_problem:
+        raise UserError(probe.build_problem, hint="check it with harness.testing.check_method("
+                                                  f"{entry.obj.__name__}, {{OPTION: VALUE}}, "
+                                                  "refs={...}) in its package's tests")
+    return method(entry.obj, refs=probe.refs)
+
+
 def _row(entry, kind: str) -> CheckRow:
     row = CheckRow(entry.plugin, kind[:-1], entry.name, [], {})
     try:
@@ -51,6 +70,8 @@ def _row(entry, kind: str) -> CheckRow:
             if not shapes:
                 raise UserError(f"builds for none of the probe shapes {PROBE_SHAPES}")
             plugin = architecture(entry.obj, shapes=shapes)
+        elif kind == "methods":
+            plugin = _method(entry, row)
         else:
             plugin = _KINDS[kind](entry.obj)
         checks = checks_for(plugin)
@@ -76,6 +97,12 @@ def _row(entry, kind: str) -> CheckRow:
 def check_installed(plugins, only: list[str] | None = None) -> list[CheckRow]:
     """One row per registered method, dataset, architecture and evaluator (of the plugins named
     in ``only``, if given)."""
+    if only:
+        known = {info.name for info in plugins.describe()}
+        for name in only:
+            if name not in known:
+                raise UserError(f"no plugin {name!r} is loaded", key="--check",
+                                hint=suggest(name, known) or "see `harness plugins`")
     rows = []
     for kind in _KINDS:
         for name in plugins.registry(kind).names():

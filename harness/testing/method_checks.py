@@ -10,6 +10,7 @@ the checkpoint, frozen references must stay frozen, and so on.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import weakref
@@ -24,11 +25,14 @@ from .. import engine
 from ..api import DataBundle, Split
 from ..engine import StageTask, run_stage
 from ..errors import UserError
+from ..option_types import UNCHECKED, annotation_of, describe, matches
 from ..plugins import Entry, check_options
-from ..suite import RUN_DEFAULTS
+from ..suite import RUN_DEFAULTS, SuiteDefaults
 from ..train.build import StageData, build_method
 from ..train.checkpoint import ModelSource, load_method
+from ..train.terms import TERMS_HINT, probe_loss, terms_problem
 from ..train.updates import Updates
+from .needs import Asked, ref_specs, refs_message
 from .tiny import KIT_DATA, KIT_NET, kit_plugins, tiny_data
 
 __all__ = ["CheckFailed", "MethodUnderTest", "METHOD_CHECKS"]
@@ -53,12 +57,44 @@ class MethodUnderTest:
 
     def __post_init__(self):
         self.plugins = kit_plugins({"methods": {KIT_METHOD: self.cls}})
-        probe = self.build(self.data(["target"]))
+        self.baseline = SuiteDefaults.of(self.plugins).baseline  # what a missing ref could be
+        self.refs = ref_specs(self.refs, self.baseline or "METHOD")
+        self.roles, self.refs_asked, self.build_problem = ["target"], [], None
+        probe = self._probe()
+        if probe is None:  # the checks say why (check_method_builds), rather than collection
+            self.unlabelled, self.optimizers, self.amp_safe = False, [], False
+            return
         streams = probe.streams()
-        self.roles = sorted({s.role for s in streams.values() if s.role} | {"target"})
+        self.roles = sorted({s.role for s in streams.values() if s.role} | set(self.roles))
         self.unlabelled = any(s.split == "unlabelled" for s in streams.values())
         self.optimizers = list(probe.optimizers())
         self.amp_safe = bool(probe.amp_safe)
+
+    def _probe(self):
+        """The method built once on the kit's data, every data role it reads supplied; None
+        (and ``build_problem`` says why) when it cannot be built with these options and refs."""
+        for _ in range(8):  # each try supplies the roles the last one found missing
+            data = self.data(self.roles)
+            data.roles = Asked(data.roles)
+            upstream = Asked()
+            try:
+                return self.build(data, upstream=upstream)
+            except Exception as exc:  # noqa: BLE001  said by check_method_builds
+                roles = [r for r in data.roles.missing if isinstance(r, str) and r not in self.roles]
+                if roles:  # a data role it reads: the kit's data, as for every role; try again
+                    self.roles += roles
+                    continue
+                self.refs_asked = [r for r in upstream.missing if isinstance(r, str)]
+                if self.refs_asked:
+                    self.build_problem = refs_message(self.cls.__name__, self.refs_asked,
+                                                      self.baseline)
+                else:
+                    self.build_problem = (f"{self.label} could not be built on the kit's data "
+                                          f"with options {self.options}: "
+                                          f"{type(exc).__name__}: {exc}")
+                return None
+        self.build_problem = f"{self.label} asks for ever more data roles: {self.roles}"
+        return None
 
     @property
     def label(self) -> str:
@@ -77,10 +113,14 @@ class MethodUnderTest:
     def spec(self) -> dict[str, Any]:
         return {"name": KIT_METHOD, **self.options}
 
-    def build(self, data: StageData):
+    def build(self, data: StageData, options: dict[str, Any] | None = None, upstream=None):
+        """The method built on ``data``, with ``options`` instead of its own if given; its
+        references are added to ``upstream`` (a fresh dict by default)."""
         main = data.main
-        upstream = {r: self._ref_method(s, data) for r, s in self.refs.items()}
-        return build_method(self.plugins, self.spec(), {"name": KIT_NET}, data=data,
+        upstream = {} if upstream is None else upstream
+        upstream.update({r: self._ref_method(s, data) for r, s in self.refs.items()})
+        spec = self.spec() if options is None else {"name": KIT_METHOD, **options}
+        return build_method(self.plugins, spec, {"name": KIT_NET}, data=data,
                             input_shape=main.input_shape, num_classes=main.num_classes,
                             stage="kit", seed=0, epochs=2, device=torch.device("cpu"),
                             upstream=upstream)
@@ -121,7 +161,18 @@ class MethodUnderTest:
             raise CheckFailed(f"the reference {spec} did not train: {result.error}")
         return ModelSource(str(folder / engine.CHECKPOINT))
 
+    def check_loss_returns_terms(self) -> None:
+        """The preflight's call of ``loss`` (``harness.train.terms``), once per method under
+        test, so that every check that trains says what ``harness validate`` says."""
+        if getattr(self, "_terms_problem", False) is False:
+            data = self.data()
+            self._terms_problem = probe_loss(self.build(data), data.roles,
+                                             int(self.run.get("batch_size", 32)))
+        if self._terms_problem:
+            raise CheckFailed(f"{self._terms_problem} ({TERMS_HINT})")
+
     def train(self, folder: Path, epochs: int = 2, on_epoch=None, resume=False, **run):
+        self.check_loss_returns_terms()
         task = self.task(folder, epochs, **run)
         task.resume = resume
         result = run_stage(task, self.plugins, data=self.data(), on_epoch=on_epoch)
@@ -163,8 +214,16 @@ def _losses(result) -> list[dict[str, float]]:
 
 
 # -- the checks ------------------------------------------------------------------------------
+def check_method_builds(m: MethodUnderTest) -> None:
+    """The method builds on the kit's data with the options and references given: the only
+    check of one that does not (the others would all fail the same way)."""
+    if m.build_problem:
+        raise CheckFailed(m.build_problem)
+
+
 def check_options_are_checked(m: MethodUnderTest) -> None:
-    """A misspelled option is refused before anything runs, with the option it meant."""
+    """A misspelled option is refused before anything runs, with the option it meant, and so
+    is a value of the wrong type, for every option."""
     entry = Entry("methods", m.label, m.cls, "kit", "0")
     check_options(entry, m.options, skip=2)
     for key in list(m.options) or ["weight"]:
@@ -178,6 +237,45 @@ def check_options_are_checked(m: MethodUnderTest) -> None:
             continue
         raise CheckFailed(f"{m.label} accepts the unknown option {key}_typo: give __init__ "
                           "keyword-only options instead of **kwargs, so that typos are caught")
+    _check_wrong_types(m, entry)
+
+
+#: values one of which is of another type than any option takes
+_WRONG_VALUES = ("wrong", [0.5], {"wrong": 1})
+
+
+def _options_of(cls) -> list:
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, model, ctx
+    return [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _check_wrong_types(m: MethodUnderTest, entry: Entry) -> None:
+    """Each option given a value of another type than its annotation (or, unannotated, its
+    default) is refused as bad input: by the suite reader from the annotation, or by a
+    ``UserError`` from ``__init__``; anything else would fail half-way through a grid."""
+    data = m.data()
+    for param in _options_of(m.cls):
+        ann = annotation_of(param, m.cls.__init__)
+        default = param.default
+        guide = ann if ann is not UNCHECKED else (
+            UNCHECKED if default is param.empty or default is None else type(default))
+        wrong = next((v for v in _WRONG_VALUES if not matches(guide, v)), None)
+        if guide is UNCHECKED or wrong is None:
+            continue  # takes anything: nothing is of the wrong type
+        options = {**m.options, param.name: wrong}
+        try:
+            check_options(entry, options, skip=2)
+            m.build(data, options)
+        except UserError:
+            continue
+        except Exception as exc:  # noqa: BLE001  what a suite's wrong value would end in
+            how = f"fails with {type(exc).__name__}: {exc}"
+        else:
+            how = "is accepted"
+        example = describe(guide) if ann is UNCHECKED else describe(ann)
+        raise CheckFailed(f"option {param.name!r} given {wrong!r} ({type(wrong).__name__}) "
+                          f"{how}: annotate it in __init__ (it takes {example}) so that a suite's "
+                          "wrong value is refused before a run, or raise UserError there")
 
 
 def check_loss_terms(m: MethodUnderTest) -> None:
@@ -187,6 +285,9 @@ def check_loss_terms(m: MethodUnderTest) -> None:
     original = Updates.__call__
 
     def spy(self, name, terms):
+        problem = terms_problem(terms, f"the terms of update {name!r}")
+        if problem:
+            raise CheckFailed(f"{problem} ({TERMS_HINT})")
         for k, v in terms.items():
             if not isinstance(v, torch.Tensor) or v.dim() != 0:
                 raise CheckFailed(f"term {k!r} of update {name!r} is not a scalar tensor")
@@ -219,26 +320,34 @@ def _patched(owner, attr: str, value):
 
 
 def check_trains_its_parameters(m: MethodUnderTest) -> None:
-    """After an epoch every parameter of an optimizer moved, and no parameter outside every
-    optimizer received a gradient (a frozen part trained by mistake)."""
-    captured = {}
-    original = Updates.__init__
+    """After an epoch every parameter of an optimizer that stepped moved, and no parameter
+    outside every optimizer received a gradient (a frozen part trained by mistake). An
+    optimizer the method did not update in that epoch (a later phase of an alternating
+    schedule, such as CETL's stages) is not held to it."""
+    captured, stepped = {}, set()
+    original, original_call = Updates.__init__, Updates.__call__
 
     def spy(self, method, *a, **kw):
         original(self, method, *a, **kw)
         captured["method"], captured["updates"] = method, self
         captured["before"] = {n: p.detach().clone() for n, p in method.named_parameters()}
 
+    def spy_call(self, name, terms):
+        stepped.add(name)
+        original_call(self, name, terms)
+
     m.ref_sources()
-    with _folder() as folder, _patched(Updates, "__init__", spy):
+    with _folder() as folder, _patched(Updates, "__init__", spy), \
+            _patched(Updates, "__call__", spy_call):
         m.train(folder, epochs=1)
     method, updates = captured["method"], captured["updates"]
-    trained = {id(p) for ps in updates.params.values() for p in ps}
+    moving = {id(p) for n, ps in updates.params.items() if n in stepped for p in ps}
     still = [n for n, p in method.named_parameters()
-             if id(p) in trained and torch.equal(captured["before"][n], p.detach())]
+             if id(p) in moving and torch.equal(captured["before"][n], p.detach())]
     if still:
         raise CheckFailed(f"parameters in an optimizer did not change in an epoch: {still[:5]} "
                           "(leave them out of optimizers(), or check that the loss reaches them)")
+    trained = {id(p) for ps in updates.params.values() for p in ps}
     leaked = [n for n, p in method.named_parameters() if id(p) not in trained and p.grad is not None]
     if leaked:
         raise CheckFailed(f"parameters outside every optimizer received gradients: {leaked[:5]} "
@@ -336,6 +445,7 @@ def check_unlabelled_streams_need_no_labels(m: MethodUnderTest) -> None:
 
 def check_bfloat16_autocast(m: MethodUnderTest) -> None:
     """``amp_safe = True`` promises the step runs under bfloat16 autocast with finite losses."""
+    m.check_loss_returns_terms()  # not an autocast problem: say what it is
     with _folder() as folder:
         task = m.task(folder, epochs=1, amp=True)
         result = run_stage(task, m.plugins, data=m.data())

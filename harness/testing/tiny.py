@@ -58,11 +58,13 @@ class KitPlain(Method):
 
 
 def kit_plugins(extra: dict[str, dict[str, object]] | None = None) -> Plugins:
-    """The installed plugins plus the kit's data and network, and ``extra`` entries
-    (``{"methods": {"name": cls}}``) for plugins checked before they are installed."""
+    """The built-in plugins plus the kit's data and network, and ``extra`` entries
+    (``{"methods": {"name": cls}}``: the plugin under test, installed or not). Other installed
+    packages are not loaded: one that is broken, or registers a name twice, must not fail
+    another package's tests."""
     global _BASE
     if _BASE is None:
-        _BASE = Plugins()
+        _BASE = Plugins(autoload=False, environment=False)
     plugins = Plugins.__new__(Plugins)
     plugins.__dict__.update(_BASE.__dict__)
     plugins.registries = {kind: type(reg)(reg.kind, dict(reg.entries))

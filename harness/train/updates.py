@@ -20,6 +20,7 @@ import torch
 
 from ..api import DEFAULT_OPTIMIZER, Method, OptimizerSpec
 from ..errors import UserError
+from .terms import TERMS_HINT, LossTermsError, terms_problem
 
 __all__ = ["make_optimizer", "make_scheduler", "Updates", "DirectStepRefused"]
 
@@ -127,6 +128,8 @@ class Updates:
         for optimizer in self.optimizers.values():
             optimizer.register_step_pre_hook(guard)
         self._last_total: torch.Tensor | None = None  # the last summed loss (see __call__)
+        self._checked: set[str] = set()  # updates whose terms were checked (their first call)
+        self._method = type(method).__name__
         object.__setattr__(method, "_updater", self)  # what method.update() calls
 
     def __call__(self, name: str, terms: dict[str, torch.Tensor]) -> None:
@@ -134,6 +137,8 @@ class Updates:
         if optimizer is None:
             raise UserError(f"update({name!r}): the method has no optimizer {name!r}",
                             key="method", hint=f"its optimizers: {', '.join(self.optimizers)}")
+        if name not in self._checked:  # once per update: a step of the MI network is ~1 ms
+            self._check(name, terms)
         values = iter(terms.values())
         total = next(values)  # not sum(): its leading 0 + t is one more autograd op per step
         for value in values:
@@ -170,6 +175,14 @@ class Updates:
         # second step's activations in memory
         if self.backward_all:
             self._last_total = total
+
+    def _check(self, name: str, terms) -> None:
+        where = (f"{self._method}.loss()" if self.plain
+                 else f"the terms {self._method}.step() gave update({name!r})")
+        problem = terms_problem(terms, where)
+        if problem:
+            raise LossTermsError(f"{problem} ({TERMS_HINT})")
+        self._checked.add(name)
 
     def _backward(self, name: str, total: torch.Tensor) -> None:
         if self.backward_all:

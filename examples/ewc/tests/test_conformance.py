@@ -11,7 +11,9 @@ from ewc import EWC
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "ewc.yaml"
 
 
-@parametrize_with_checks([method(EWC, role="target", refs={"anchor": {"name": "std"}})])
+# refs: the method of each upstream stage EWC reads (a name, or {"name": ..., options}); the kit
+# trains it first. Task A's data role (`role`, default "A") gets the kit's data, as every role.
+@parametrize_with_checks([method(EWC, refs={"anchor": "std"})])
 def test_conformance(plugin, check):
     check(plugin)
 

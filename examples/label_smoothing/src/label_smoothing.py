@@ -6,7 +6,7 @@ Made with ``harness new method label_smoothing``; the only edit is the loss.
 
 import torch.nn.functional as F
 
-from harness.api import Method, hookimpl
+from harness.api import Method, UserError, hookimpl
 
 
 class LabelSmoothing(Method):
@@ -14,8 +14,7 @@ class LabelSmoothing(Method):
 
     def __init__(self, model, ctx, *, smoothing: float = 0.1):
         super().__init__(model, ctx)
-        if not 0 <= smoothing < 1:
-            from harness.api import UserError
+        if not 0 <= smoothing < 1:  # the type is checked from the annotation; the range here
             raise UserError(f"smoothing must be in [0, 1), got {smoothing}", key="smoothing",
                             hint="e.g. smoothing: 0.1")
         self.smoothing = smoothing
