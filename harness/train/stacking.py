@@ -4,8 +4,9 @@ Stage runs that differ only in seed, initial weights and data perform the same o
 different numbers; on a network as small as the MI task's a step is mostly dispatch, which R
 replicas then pay once (issue 24: 2.2x at R = 5, 7.9x at R = 65 in plain PyTorch). Each
 replica's parameters become one slice of a stacked tensor (``torch.stack`` along a new first
-dimension), the method's ``loss`` is evaluated for all at once with
-``torch.vmap(torch.func.functional_call(...))`` on the first replica's modules, and the engine's
+dimension), the method's ``loss`` is evaluated for all at once with ``torch.vmap`` on the
+first replica's modules with each replica's parameters swapped in (as
+``torch.func.functional_call`` does), and the engine's
 ``Updates`` does what it does for any run, on the stacked parameters: one backward of the sum of
 the replicas' losses (so each replica's gradient is exactly its own loss's), a per-replica
 gradient clip, one optimizer step (Adam, AdamW and SGD are elementwise, so each replica gets its
@@ -70,50 +71,62 @@ def refusal(loops: list[EpochLoop]) -> str | None:
     return None
 
 
-class _LossCall(nn.Module):
-    """The method's ``loss`` as a module's forward: what ``functional_call`` calls."""
-
-    def __init__(self, method: Method):
-        super().__init__()
-        self.method = method
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.method.loss(batch)
+def _slots(method: Method) -> tuple[list[tuple[nn.Module, str, int]], list[str]]:
+    """Where each parameter of ``method`` lives, (module, attribute, i) for every name it has
+    (a weight two modules share appears under both, with one i), and the distinct parameters'
+    names in ``named_parameters()`` order (i indexes these)."""
+    index: dict[int, int] = {}
+    names = []
+    for name, p in method.named_parameters():
+        index[id(p)] = len(names)
+        names.append(name)
+    slots = []
+    for name, p in method.named_parameters(remove_duplicate=False):
+        owner, _, leaf = name.rpartition(".")
+        slots.append((method.get_submodule(owner), leaf, index[id(p)]))
+    return slots, names
 
 
 class StackedMethod(Method):
     """R replicas of one stackable method as one: their parameters stacked (``stacked[i][r]`` is
     replica r's i-th parameter), ``loss`` giving each term as an R-vector. The first replica's
-    modules compute it for all (with each replica's parameters swapped in by functional_call);
+    modules compute it for all (with each replica's parameters swapped in);
     the replicas keep their own modules, for evaluation, draws and checkpoints."""
 
     def __init__(self, replicas: list[Method], stream: str = "train"):
         nn.Module.__init__(self)  # not Method.__init__: the replicas' networks are not ours
         base = replicas[0]
+        slots, names = _slots(base)
         for name, value in (("ctx", base.ctx), ("_updater", None), ("model", base.model),
-                            ("replicas", list(replicas)), ("_call", _LossCall(base)),
-                            ("stream", stream), ("_base_modules", tuple(base.modules()))):
+                            ("replicas", list(replicas)), ("_slots", slots), ("stream", stream),
+                            ("_base_modules", tuple(base.modules()))):
             object.__setattr__(self, name, value)  # plain attributes: not trained, not saved
-        self.names = [n for n, _ in base.named_parameters()]
+        self.names = names
         own = [dict(m.named_parameters()) for m in replicas]
         self.stacked = nn.ParameterList([
             nn.Parameter(torch.stack([o[n].detach() for o in own]), requires_grad=p.requires_grad)
             for n, p in base.named_parameters()])
         object.__setattr__(self, "_own", [[o[n] for n in self.names] for o in own])
-        object.__setattr__(self, "_params", {f"method.{n}": p
-                                             for n, p in zip(self.names, self.stacked)})
         object.__setattr__(self, "_draws_nothing", type(base).draw is Method.draw)
         object.__setattr__(self, "_batched", torch.func.vmap(self._one, randomness="error"))
         self.extras: list[dict[str, float]] = [{} for _ in replicas]
 
     def _one(self, params, x, y, index, draws):
-        """One replica's loss terms, under vmap: its slice of everything."""
+        """One replica's loss terms, under vmap: its slice of everything. Its parameters are
+        put where the first replica's modules hold theirs for the call, as
+        ``torch.func.functional_call`` does, without its per-call walks over the modules (a
+        third of a stacked step of the MI network)."""
         base = self.replicas[0]
+        kept = [mod._parameters[leaf] for mod, leaf, _ in self._slots]
+        for mod, leaf, i in self._slots:
+            mod._parameters[leaf] = params[i]
         object.__setattr__(base, "_draws", draws)
         try:
-            return torch.func.functional_call(self._call, params, (Batch(x, y, index, self.stream),))
+            return base.loss(Batch(x, y, index, self.stream))
         finally:
             object.__setattr__(base, "_draws", None)
+            for (mod, leaf, _), p in zip(self._slots, kept):
+                mod._parameters[leaf] = p
 
     def _draw(self) -> dict[str, torch.Tensor]:
         """Each replica's random numbers for this step, from its own generators, stacked."""
@@ -123,7 +136,7 @@ class StackedMethod(Method):
         return {k: torch.stack([d[k] for d in drawn]) for k in drawn[0]}
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self._batched(self._params, batch.x, batch.y, batch.index, self._draw())
+        return self._batched(tuple(self.stacked), batch.x, batch.y, batch.index, self._draw())
 
     def epoch_started(self, epoch: int) -> dict[str, float]:
         """Every replica's own (their values are logged per replica, in ``extras``); the first
