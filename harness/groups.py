@@ -30,11 +30,13 @@ from .train.build import build_model
 __all__ = ["Unit", "form_groups", "describe", "STACK_BATCH_MACS", "AUTO_LARGEST", "stack_pays"]
 
 #: multiply-accumulates per training batch below which ``stack: auto`` stacks. Measured on this
-#: 2-core CPU (reports/benchmarks.md, tests/benchmarks/test_stacking_bench.py): the MI network
-#: (135 k per batch of 512) ran 2-8x faster stacked, the Table 9 CNN (490 M per batch of 64)
-#: 0.55x, slower: there arithmetic, not dispatch, bounds a step. Not calibrated on a GPU, where
-#: the same rule is kept (it errs towards training alone).
-STACK_BATCH_MACS = 5_000_000
+#: 2-core CPU, one thread (tests/benchmarks/test_stacking_bench.py, reports/benchmarks.md),
+#: speedup of a stacked step over the same replicas stepped one after another at R = 5 / 20:
+#: the MI network (0.13 M per batch of 512) 1.7x / 2.4x; small_cnn on digits (5.4 M per batch of
+#: 64) 1.2x / 1.4x; the Table 9 CNN narrowed to 8 channels (11 M) 1.05x / 0.9x; the Table 9 CNN
+#: (490 M) 0.5x / 0.4x: there arithmetic, not dispatch, bounds a step. Not calibrated on a GPU,
+#: where the same rule is kept (it errs towards training alone).
+STACK_BATCH_MACS = 8_000_000
 #: the most stage runs ``stack: auto`` puts in one group (the gain flattens beyond tens)
 AUTO_LARGEST = 64
 #: ``auto`` splits a group to keep workers busy, never into groups smaller than this

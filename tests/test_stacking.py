@@ -149,7 +149,7 @@ def test_plan_shows_groups_and_stack_off_trains_alone(write_suite, tmp_path, cap
     stacked, alone = seed_store(tmp_path / "stacked"), seed_store(tmp_path / "alone")
     assert main(["plan", str(suite), "--home", str(stacked)]) == 0
     out = capsys.readouterr().out
-    assert "3 stacked: A/std/seed0-2  (134,656 multiply-accumulates per batch" in out
+    assert "3 stacked: A/std/seed0-2  (134,656 multiply-accumulates per batch, below 8,000,000" in out
     assert "3 stacked: AB/std/seed0-2" in out
     assert main(["plan", str(suite), "--home", str(stacked), "--profile", "alone"]) == 0
     out = capsys.readouterr().out

@@ -34,6 +34,9 @@ from harness.train.stacking import stack_loops
 NETS = {
     "mi_mlp": ({"name": "ib12"}, {"name": "mi_mlp"}, 512, 4e-4),
     "mnist_cnn": ({"name": "mnist5k"}, {"name": "mnist_cnn"}, 64, 1e-3),
+    # between the two, for the threshold of `stack: auto` (harness.groups.STACK_BATCH_MACS)
+    "small_cnn": ({"name": "digits"}, {"name": "small_cnn"}, 64, 1e-3),
+    "mnist_cnn_w8": ({"name": "mnist5k"}, {"name": "mnist_cnn", "width": 8}, 64, 1e-3),
 }
 METHODS = {"std": {"name": "std"}, "RR6": {"name": "racecar", "layers": 6, "weight": 1e-2}}
 _data: dict = {}
@@ -43,8 +46,9 @@ def loops(net: str, method: str, replicas: int, device: str = "cpu"):
     """R stage runs of ``net`` as the engine builds them (own seeds, own streams)."""
     dataset, arch, batch, lr = NETS[net]
     plugins = Plugins()
-    if net not in _data:
-        _data[net] = build_stage_data(plugins, dataset, "/tmp/harness-bench-data", False)
+    key = dataset["name"]
+    if key not in _data:
+        _data[key] = build_stage_data(plugins, dataset, "/tmp/harness-bench-data", False)
     run = {**RUN_DEFAULTS, "optimizer": "adam", "lr": lr, "batch_size": batch, "epochs": 1,
            "threads": 1, "device": device}
     built = []
@@ -52,7 +56,7 @@ def loops(net: str, method: str, replicas: int, device: str = "cpu"):
         task = StageTask(name=f"r{r}", identity=f"r{r}", stage="A", seed=r, dataset=dataset,
                          architecture=arch, method=dict(METHODS[method]), run=run, evaluate=[],
                          config={}, artifact_dir="/tmp/harness-bench-art", data_root="/tmp")
-        built.append(make_loop(task, plugins, _data[net], torch.device(device),
+        built.append(make_loop(task, plugins, _data[key], torch.device(device),
                                StageResult(status="FAILED", artifact_dir="/tmp/harness-bench-art")))
     torch.set_num_threads(1)
     return built, run
@@ -66,49 +70,53 @@ def step(loop) -> None:
     update("main", loop.method.loss(batch))
 
 
-def rounds(alone, group, steps: int, count: int) -> tuple[float, float]:
-    """Median seconds per replica-step, sequential and stacked, in alternating rounds."""
+def rounds(alone, group, steps: int, count: int) -> dict[str, float]:
+    """Median seconds per replica-step, sequential and stacked, in alternating rounds, by the
+    wall clock and by this process's CPU time (on a machine shared with other jobs the CPU
+    time is the steadier of the two: a neighbour's load stretches the wall clock of whichever
+    side it lands on)."""
     sync = torch.cuda.synchronize if group.device.type == "cuda" else (lambda: None)
-    seq, stk = [], []
+    times: dict[str, list[float]] = {"seq": [], "stk": [], "seq_cpu": [], "stk_cpu": []}
+    per = steps * len(alone)
     for _ in range(count):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            for loop in alone:
-                step(loop)
-        sync()
-        seq.append((time.perf_counter() - t0) / (steps * len(alone)))
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(group)
-        sync()
-        stk.append((time.perf_counter() - t0) / (steps * len(alone)))
-    return statistics.median(seq), statistics.median(stk)
+        for side, run in (("seq", lambda: [step(loop) for loop in alone]),
+                          ("stk", lambda: step(group))):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                run()
+            sync()
+            times[side].append((time.perf_counter() - t0) / per)
+            times[side + "_cpu"].append((time.process_time() - c0) / per)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 CASES = [("mi_mlp", "std", r) for r in (1, 5, 20, 40)] + \
         [("mi_mlp", "RR6", r) for r in (5, 40)] + \
-        [("mnist_cnn", "std", r) for r in (1, 5, 20, 40)]
+        [("mnist_cnn", "std", r) for r in (1, 5, 20, 40)] + \
+        [(net, "std", r) for net in ("small_cnn", "mnist_cnn_w8") for r in (5, 20)]
 
 
 @pytest.mark.parametrize("net, method, replicas", CASES)
 def test_steps_per_second_stacked_vs_sequential(benchmark, net, method, replicas):
     alone, run = loops(net, method, replicas)
     group = stack_loops(alone, run)
-    steps, count = (20, 9) if net == "mi_mlp" else (2, 3)
+    steps, count = {"mi_mlp": (20, 9), "mnist_cnn": (2, 3)}.get(net, (5, 5))
     for loop in [*alone, group]:  # warm-up: allocator, fused kernels' first calls
         step(loop)
-    seq, stk = rounds(alone, group, steps, count)
+    t = rounds(alone, group, steps, count)
     benchmark.pedantic(lambda: step(group), rounds=count, iterations=1)
     first = alone[0]
     macs = macs_per_sample(first.method.model, first.data.main.input_shape) * \
         first.streams.primary.batch_size
-    info = {"replicas": replicas, "sequential_steps_per_s": 1 / seq,
-            "stacked_steps_per_s": 1 / stk, "speedup": seq / stk, "macs_per_batch": macs,
+    info = {"replicas": replicas, "sequential_steps_per_s": 1 / t["seq"],
+            "stacked_steps_per_s": 1 / t["stk"], "speedup": t["seq"] / t["stk"],
+            "speedup_cpu_time": t["seq_cpu"] / t["stk_cpu"], "macs_per_batch": macs,
             "auto_stacks": macs < STACK_BATCH_MACS, "threads": 1,
             "load_1min": round(os.getloadavg()[0], 2)}
     benchmark.extra_info.update(info)
-    print(f"\n{net} {method} R={replicas}: sequential {1 / seq:.0f} steps/s, stacked "
-          f"{1 / stk:.0f} steps/s: {seq / stk:.2f}x (auto stacks: {info['auto_stacks']}, "
+    print(f"\n{net} {method} R={replicas}: sequential {1 / t['seq']:.0f} steps/s, stacked "
+          f"{1 / t['stk']:.0f} steps/s: {info['speedup']:.2f}x wall, "
+          f"{info['speedup_cpu_time']:.2f}x CPU time (auto stacks: {info['auto_stacks']}, "
           f"load {info['load_1min']})")
 
 
@@ -120,9 +128,9 @@ def test_cuda_steps_per_second_stacked_vs_sequential(benchmark, net, replicas):
     group = stack_loops(alone, run)
     for loop in [*alone, group]:
         step(loop)
-    seq, stk = rounds(alone, group, 10 if net == "mi_mlp" else 2, 5)
+    t = rounds(alone, group, 10 if net == "mi_mlp" else 2, 5)
     benchmark.pedantic(lambda: step(group), rounds=5, iterations=1)
-    benchmark.extra_info.update({"replicas": replicas, "speedup": seq / stk,
+    benchmark.extra_info.update({"replicas": replicas, "speedup": t["seq"] / t["stk"],
                                  "device": torch.cuda.get_device_name()})
-    print(f"\ncuda {net} R={replicas}: sequential {1 / seq:.0f} steps/s, stacked {1 / stk:.0f} "
-          f"steps/s: {seq / stk:.2f}x")
+    print(f"\ncuda {net} R={replicas}: sequential {1 / t['seq']:.0f} steps/s, stacked "
+          f"{1 / t['stk']:.0f} steps/s: {t['seq'] / t['stk']:.2f}x")
