@@ -180,6 +180,10 @@ def test_a_group_killed_and_resumed_equals_one_never_interrupted(write_suite, tm
     assert main(["run", str(suite), "--home", str(resumed), "--resume", *PLUGINS]) == 0
     assert "3 interrupted stage run(s) continue" in capsys.readouterr().err
     assert results(resumed) == results(straight)  # the same stacked arithmetic: bitwise
+    alone = seed_store(tmp_path / "alone")  # and the runs trained alone, to rounding
+    assert main(["run", str(suite), "--home", str(alone), "--quiet", "--profile", "alone",
+                 *PLUGINS]) == 0
+    same_results(results(resumed), results(alone))
     for name in ("A/srip/seed0", "A/srip/seed2", "AB/srip/seed1"):
         a, b = checkpoint(straight, name), checkpoint(resumed, name)
         assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor)), name
