@@ -263,6 +263,15 @@ class Method(nn.Module):
     amp_safe: bool = True
     #: the stream an epoch is one pass of; None: the largest (the first of equals)
     primary_stream: str | None = None
+    #: whether stage runs of this method that differ only in seed, initial weights and data may
+    #: train as one batched network (``harness.train.stacking``; the run setting ``stack``).
+    #: A method may say True when its step is the plain one (``loss`` terms, one optimizer, one
+    #: stream), its loss reads every parameter and buffer through its modules' attributes at
+    #: call time (``torch.func.functional_call`` swaps a replica's in there; a tensor kept in a
+    #: list would be the first replica's for all), the Python state it keeps is the same for
+    #: every replica (a coefficient's schedule, not a counter of its own data), and it draws
+    #: its random numbers in ``draw()``. The kit's ``check_stacked_equals_alone`` holds it to it.
+    stackable: bool = False
 
     def __init__(self, model: nn.Module, ctx: MethodContext):
         super().__init__()
@@ -308,6 +317,22 @@ class Method(nn.Module):
         if updater is None:
             raise RuntimeError("update() belongs inside step(), while the engine trains")
         updater(optimizer, terms)
+
+    def draw(self) -> dict[str, torch.Tensor]:
+        """The random numbers one training step needs, drawn from the method's own generators.
+
+        Why apart from ``loss``: a stacked step evaluates ``loss`` of every replica at once
+        under ``torch.vmap``, where one call cannot draw from R generators. The engine calls
+        each replica's ``draw()`` once per step, in step order, outside the batched call, so a
+        replica draws exactly the numbers it draws trained alone; ``loss`` reads them through
+        ``draws()``. Default: none."""
+        return {}
+
+    def draws(self) -> dict[str, torch.Tensor]:
+        """This step's random numbers, for ``loss``: drawn now with ``draw()`` when the method
+        trains alone; stacked, the ones the engine drew with this replica's ``draw()``."""
+        given = self.__dict__.get("_draws")
+        return self.draw() if given is None else given
 
     def step_finished(self, step: int) -> None:
         """Called after each training step (0-based, counted over the whole run): an EMA

@@ -456,6 +456,7 @@ def _placement(args):
 def _plan(args, home: Path, plugins) -> int:
     # torch and MLflow, through the planner and the store: only for the commands that use them
     from .estimate import plan_text
+    from .groups import describe, form_groups
     from .plan import make_plan
     from .suite import SuiteDefaults, load_suite
     from .tracking import Tracker
@@ -463,9 +464,17 @@ def _plan(args, home: Path, plugins) -> int:
     suite = load_suite(args.suite, args.profile, defaults=SuiteDefaults.of(plugins))
     data_root = Path(args.data_root).resolve() if args.data_root else home / "data"
     plan = make_plan(suite, plugins, data_root)
-    _, jobs, placement = _workers(args, plugins)
-    print(plan_text(plan, Tracker.existing(home, suite.name), home, jobs))
+    name, jobs, placement = _workers(args, plugins)
+    tracker = Tracker.existing(home, suite.name)
+    print(plan_text(plan, tracker, home, jobs))
     print(placement.describe(jobs))
+    if getattr(plugins.get("executors", name).obj, "stacks", False):
+        todo = plan.todo(tracker.finished() if tracker is not None else {})
+        lines = describe(form_groups(plan, todo, plugins, jobs))
+    else:
+        lines = [f"stacking: none with the executor {name!r}, which trains stage runs alone"]
+    if lines:
+        print("\n".join(lines))
     return 0
 
 

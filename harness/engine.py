@@ -34,7 +34,8 @@ from .train.updates import Updates, make_optimizer
 __all__ = ["StageTask", "run_stage", "resolve_device", "choose_amp", "AMP_BATCH_MACS",
            "build_data", "build_model", "make_optimizer", "load_method", "read_model_state",
            "split_options", "CHECKPOINT", "CHECKPOINT_FORMAT", "ModelSource", "ResumeState",
-           "StageFailed"]
+           "StageFailed", "make_loop", "restore", "save_resume", "finish", "train_loop",
+           "start_stage", "guarded", "end_stage"]
 
 
 @dataclass
@@ -112,26 +113,50 @@ def run_stage(task: StageTask, plugins=None, *, data: StageData | DataBundle | N
     it); ``on_epoch`` sees each epoch's metrics as they come (progress display, live tracking).
     """
     plugins = plugins or plugin_mod.load(task.plugin_modules)
+    info, result = start_stage(task, plugins)
+    guarded(result, lambda: _train(task, plugins, data, info, result, on_epoch))
+    return end_stage(plugins, info, result)
+
+
+def start_stage(task: StageTask, plugins) -> tuple[StageInfo, StageResult]:
+    """A stage run's start: its artifact folder, a result that says FAILED until it finished,
+    and the ``harness_stage_started`` hook."""
     info = StageInfo(name=task.name, identity=task.identity, stage=task.stage, config=task.config)
     artifact_dir = Path(task.artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     result = StageResult(status="FAILED", history=[], artifact_dir=str(artifact_dir))
+    guarded(result, lambda: plugins.pm.hook.harness_stage_started(info=info), status=None)
+    return info, result
+
+
+def guarded(result: StageResult, work: Callable[[], None], status: str | None = "FINISHED") -> bool:
+    """Run ``work``; a failure of the run itself (a NaN loss, a plugin that raised) goes into
+    ``result`` with its traceback, bad input (``UserError``) is raised. Whether it succeeded."""
+    if result.error is not None:  # failed already (a hook that raised): nothing more to run
+        return False
     try:
-        plugins.pm.hook.harness_stage_started(info=info)
-        _train(task, plugins, data, info, result, on_epoch)
-        result.status = "FINISHED"
+        work()
     except StageFailed as exc:
         result.error = str(exc)
     except UserError:
         raise
     except Exception as exc:  # a plugin raised: record it with the traceback
-        full = storage.recognise(exc, artifact_dir)
+        full = storage.recognise(exc, result.artifact_dir or ".")
         if full is not None:  # every run after it would fail the same way: stop the invocation
             raise full from exc
         result.error = f"{type(exc).__name__}: {exc}"
         result.traceback = traceback.format_exc()
+    else:
+        if status is not None:
+            result.status = status
+        return True
+    return False
+
+
+def end_stage(plugins, info: StageInfo, result: StageResult) -> StageResult:
+    """A stage run's end: its traceback as a file, and the ``harness_stage_finished`` hook."""
     if result.traceback:
-        (artifact_dir / "traceback.txt").write_text(result.traceback)
+        (Path(result.artifact_dir) / "traceback.txt").write_text(result.traceback)
     plugins.pm.hook.harness_stage_finished(info=info, result=result)
     return result
 
@@ -184,7 +209,7 @@ def _autocast(task: StageTask, device, method, macs: int, result: StageResult):
     return partial(torch.autocast, device.type, dtype=amp_dtype), True
 
 
-def _make_loop(task: StageTask, plugins, data, device, result: StageResult) -> EpochLoop:
+def make_loop(task: StageTask, plugins, data, device, result: StageResult) -> EpochLoop:
     run = task.run
     data, method = _setup(task, plugins, data, device, result)
     main, batch_size = data.main, int(run["batch_size"])
@@ -215,44 +240,70 @@ def _make_loop(task: StageTask, plugins, data, device, result: StageResult) -> E
                      eval_batch_size=int(run["eval_batch_size"]))
 
 
+def restore(task: StageTask, loop: EpochLoop, result: StageResult, on_epoch) -> int:
+    """Put a saved state in place when ``--resume`` asks and one was saved for this number of
+    epochs; the epochs already done (0: none saved). The caller's view of the history starts
+    where the run's does: ``on_epoch`` sees the saved epochs again."""
+    if not (task.resume_dir and task.resume):
+        return 0
+    saved = ResumeState(Path(task.resume_dir)).load(loop.epochs)
+    if saved is None:
+        return 0
+    start, loop.train_seconds = saved.restore(loop.method, loop.updates, loop.streams,
+                                              loop.evaluators, result)
+    result.params["resumed_from_epoch"] = start
+    if on_epoch is not None:
+        for row in result.history:
+            on_epoch(int(row["epoch"]), row)
+    return start
+
+
+def save_resume(task: StageTask, loop: EpochLoop, result: StageResult, epoch: int) -> None:
+    """The state ``--resume`` continues from after ``epoch`` (0-based) epochs were done."""
+    ResumeState(Path(task.resume_dir)).save(epoch + 1, loop.epochs, loop.method, loop.updates,
+                                            loop.streams, loop.evaluators, result.history,
+                                            loop.train_seconds)
+
+
+def finish(task: StageTask, loop: EpochLoop, result: StageResult, memory: dict) -> None:
+    """A trained stage run's summary metrics and its final checkpoint."""
+    result.summary = summary_of(result.history, loop.train_seconds, loop.streams.primary.n,
+                                loop.epochs)
+    result.summary.update(memory)
+    main = loop.data.main
+    save_final(Path(result.artifact_dir) / CHECKPOINT,
+               {"stage": task.stage, "seed": task.seed, "epochs": loop.epochs,
+                "input_shape": list(main.input_shape), "num_classes": main.num_classes,
+                "architecture": task.architecture, "method": task.method}, loop.method)
+
+
 def _train(task: StageTask, plugins, data, info: StageInfo, result: StageResult,
            on_epoch) -> None:
     device = resolve_device(task.run["device"])
-    loop = _make_loop(task, plugins, data, device, result)
+    loop = make_loop(task, plugins, data, device, result)
+    start = restore(task, loop, result, on_epoch)
+    train_loop(task, plugins, loop, info, result, on_epoch, start)
+
+
+def train_loop(task: StageTask, plugins, loop: EpochLoop, info: StageInfo, result: StageResult,
+               on_epoch, start: int) -> None:
+    """Train a built (and perhaps restored) stage run from epoch ``start`` to its end."""
     epochs = loop.epochs
-    resume = ResumeState(Path(task.resume_dir)) if task.resume_dir else None
-    start = 0
-    if resume is not None and task.resume:
-        saved = resume.load(epochs)
-        if saved is not None:
-            start, loop.train_seconds = saved.restore(loop.method, loop.updates, loop.streams,
-                                                      loop.evaluators, result)
-            result.params["resumed_from_epoch"] = start
-            if on_epoch is not None:  # the caller's view of the history starts where ours does
-                for row in result.history:
-                    on_epoch(int(row["epoch"]), row)
     last_save = [time.monotonic()]
     epoch_hook = plugins.pm.hook.harness_epoch_finished
 
     def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if (resume is not None and epoch < epochs - 1
+        if (task.resume_dir and epoch < epochs - 1
                 and time.monotonic() - last_save[0] >= task.checkpoint_every):
-            resume.save(epoch + 1, epochs, loop.method, loop.updates, loop.streams,
-                        loop.evaluators, result.history, loop.train_seconds)
+            save_resume(task, loop, result, epoch)
             last_save[0] = time.monotonic()
         epoch_hook(info=info, epoch=epoch + 1, metrics=metrics)
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
 
-    meter = PeakMemory(device).start()
+    meter = PeakMemory(loop.device).start()
     try:
         loop.run(start, result, after_epoch)
     finally:
         memory = meter.stop()
-    result.summary = summary_of(result.history, loop.train_seconds, loop.streams.primary.n, epochs)
-    result.summary.update(memory)
-    main = loop.data.main
-    save_final(Path(result.artifact_dir) / CHECKPOINT,
-               {"stage": task.stage, "seed": task.seed, "epochs": epochs,
-                "input_shape": list(main.input_shape), "num_classes": main.num_classes,
-                "architecture": task.architecture, "method": task.method}, loop.method)
+    finish(task, loop, result, memory)

@@ -61,6 +61,8 @@ def recorded_speeds(tracker: Tracker | None) -> tuple[dict[str, list[float]], di
         if epochs <= 0 or not r.info.end_time or not r.info.start_time:
             continue
         per_epoch = (r.info.end_time - r.info.start_time) / 1000 / epochs
+        # a replica of a stacked group spans the group's wall time: its own cost is its share
+        per_epoch /= max(1, int(params.get("measured.stacked_with", 1) or 1))
         exact.setdefault(_cost_key(params), []).append(per_epoch)
         loose.setdefault(_cost_key(params, with_method=False), []).append(per_epoch)
     return exact, loose

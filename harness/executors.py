@@ -16,6 +16,12 @@ which the driver sets before ``run``: the progress line and the MLflow curves of
 then move while it runs instead of jumping at its end.
 
 ``Ready`` is the bookkeeping every parallel executor needs: which jobs may start now.
+
+A job may be a group of stage runs trained stacked (``harness.groups``): ``prepare`` then gives
+a ``GroupTask`` and ``finish`` takes its ``GroupResult``; ``execute_here`` and ``run_task`` run
+either, so an executor that hands tasks over unopened supports groups as it is (``stacks``).
+An executor that looks inside a task (Ray ships its upstream checkpoints) says ``stacks =
+False``, and the driver gives it single stage runs only.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from .api import StageResult
 from .dag import InOrder
 from .engine import StageTask, run_stage
 from .placement import Placement
+from .stacked_run import GroupResult, GroupTask, run_group
 from .tracking import process_alive, process_started
 from .train.build import StageData, build_stage_data
 
@@ -53,6 +60,8 @@ class Executor(ABC):
     on_epoch: Callable[[Job, int, dict], None] | None = None
     #: set by the CLI: which GPU each worker is pinned to (no GPUs: every worker on the CPU)
     placement: Placement = Placement()
+    #: whether ``prepare`` may give a ``GroupTask`` (see the module docstring)
+    stacks: bool = True
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, int(jobs))
@@ -138,13 +147,22 @@ _data_cache: dict[str, StageData] = {}
 DATA_CACHE_SIZE = 4
 
 
-def run_task(task: StageTask, on_epoch=None) -> StageResult:
-    """A stage run in a worker: the plugins and each data set are loaded once per process."""
+def run_task(task: StageTask | GroupTask, on_epoch=None) -> StageResult | GroupResult:
+    """A stage run (or a stacked group) in a worker: the plugins and each data set are loaded
+    once per process."""
     plugins = plugin_mod.load(task.plugin_modules)
+    if isinstance(task, GroupTask):
+        data = [_cached_data(plugins, t) for t in task.tasks]
+        return run_group(task, plugins, data=data, on_epoch=on_epoch)
+    return run_stage(task, plugins, data=_cached_data(plugins, task), on_epoch=on_epoch)
+
+
+def _cached_data(plugins, task: StageTask) -> StageData:
     download = bool(task.run.get("download"))
     key = json.dumps([task.dataset, task.data_root, download], sort_keys=True, default=str)
     if key not in _data_cache:
-        while len(_data_cache) >= DATA_CACHE_SIZE:  # the oldest goes: workers live for a grid
+        # the oldest goes: workers live for a grid
+        while len(_data_cache) >= DATA_CACHE_SIZE:
             _data_cache.pop(next(iter(_data_cache)))
         _data_cache[key] = build_stage_data(plugins, task.dataset, task.data_root, download)
-    return run_stage(task, plugins, data=_data_cache[key], on_epoch=on_epoch)
+    return _data_cache[key]

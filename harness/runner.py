@@ -21,10 +21,12 @@ from .engine import CHECKPOINT, ModelSource, StageTask, run_stage
 from .errors import UserError
 from .estimate import expected_seconds
 from .executors import Job, cores_here
+from .groups import Unit, form_groups
 from .interrupts import Terminated, bounded_bookkeeping
 from .plan import Plan, resume_dir, resume_progress, run_params
 from .progress import Progress
 from .records import dataset_inputs, log_network
+from .stacked_run import GroupResult, GroupTask, run_group
 from .suite import StageRun
 from .train.build import StageData
 from .tracking import TAG, EpochBuffer, FinishedRun, Tracker, git_commit, invocation_alive, library_versions
@@ -85,6 +87,11 @@ class Driver:
         self.summary = summary
         #: seconds spent on MLflow's dataset and model records (the report's tracking cost)
         self.record_seconds = 0.0
+        #: job key of a stacked group -> its members' run keys, why they stack, and the members
+        #: that started (the others were skipped)
+        self.groups: dict[tuple, list[tuple]] = {}
+        self.reasons: dict[tuple, str] = {}
+        self.prepared: dict[tuple, list[tuple]] = {}
 
     # -- the whole invocation -------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -111,8 +118,7 @@ class Driver:
         # the live bar weighs each run by its expected time; only a terminal shows it
         self.progress.start(len(todo), expected_seconds(todo, self.tracker)
                             if self.progress.live else None)
-        todo_keys = {r.key for r in todo}  # upstream runs not in it have finished
-        jobs = [Job(r.key, r.name, [k for k in r.upstream_keys() if k in todo_keys]) for r in todo]
+        jobs = self.jobs(todo)
         status = "FINISHED"
         started = time.perf_counter()
         self.executor.on_epoch = self.remote_epoch
@@ -131,6 +137,28 @@ class Driver:
             "stage_runs_skipped": self.outcome.skipped, "stage_runs_already_finished": self.outcome.already,
             "wall_seconds": time.perf_counter() - started})
         return self.outcome
+
+    def jobs(self, todo: list[StageRun]) -> list[Job]:
+        """What the executor dispatches: each stage run, or a group trained stacked (where the
+        executor can run one), after the jobs its upstream runs are in."""
+        if getattr(self.executor, "stacks", False):
+            units = form_groups(self.plan, todo, self.plugins, self.executor.jobs)
+        else:
+            units = [Unit([r.key], [r.name]) for r in todo]
+        job_of = {}
+        for unit in units:
+            key = ("stacked", *unit.keys) if unit.stacked else unit.keys[0]
+            job_of.update({k: key for k in unit.keys})
+            if unit.stacked:
+                self.groups[key], self.reasons[key] = list(unit.keys), unit.reason
+        jobs = []
+        for unit in units:  # upstream runs not in todo have finished
+            key = job_of[unit.keys[0]]
+            deps = {job_of[k] for m in unit.keys for k in self.by_key[m].upstream_keys()
+                    if k in job_of and job_of[k] != key}
+            name = unit.names[0] if not unit.stacked else f"{unit.names[0]} (+{len(unit.keys) - 1})"
+            jobs.append(Job(key, name, sorted(deps, key=str)))
+        return jobs
 
     def reap(self) -> None:
         """Runs a killed driver left RUNNING become KILLED; a live run of the same suite and
@@ -207,8 +235,15 @@ class Driver:
         return ModelSource(self.tracker.artifact_path(done, CHECKPOINT),
                            {r: self.source(k) for r, k in run.refs.items()})
 
-    def prepare(self, job: Job) -> StageTask | None:
-        run = self.by_key[job.key]
+    def prepare(self, job: Job) -> StageTask | GroupTask | None:
+        members = self.groups.get(job.key)
+        if members is None:
+            return self.prepare_run(self.by_key[job.key])
+        tasks = [t for t in (self.prepare_run(self.by_key[k]) for k in members) if t is not None]
+        self.prepared[job.key] = [self.by_identity[t.identity].key for t in tasks]
+        return GroupTask(tasks, self.reasons[job.key]) if tasks else None
+
+    def prepare_run(self, run: StageRun) -> StageTask | None:
         bad_keys = [k for k in run.upstream_keys() if k in self.failed]
         bad = [self.by_key[k].name for k in bad_keys]
         ident = self.plan.identities[run.key]
@@ -254,26 +289,51 @@ class Driver:
     def stage_data(self, run: StageRun) -> StageData:
         return self.plan.stage_data(run)
 
-    def execute_here(self, task: StageTask) -> StageResult:
+    def execute_here(self, task: StageTask | GroupTask) -> StageResult | GroupResult:
+        if isinstance(task, GroupTask):
+            data = [self.stage_data(self.by_identity[t.identity]) for t in task.tasks]
+            return run_group(task, self.plugins, data=data, on_epoch=self.group_epoch)
         run = self.by_identity[task.identity]
         data = self.stage_data(run)
-        buffer = self.buffers[run.key]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            buffer.add(epoch, metrics)
-            self.progress.epoch(run.name, epoch)
+            self.epoch(run.key, epoch, metrics)
 
         return run_stage(task, self.plugins, data=data, on_epoch=on_epoch)
 
-    def remote_epoch(self, job: Job, epoch: int, metrics: dict[str, float]) -> None:
-        """An epoch a worker reported while its stage run goes on."""
-        buffer = self.buffers.get(job.key)
+    def epoch(self, key: tuple, epoch: int, metrics: dict[str, float]) -> None:
+        buffer = self.buffers.get(key)
         if buffer is not None:
             buffer.add(epoch, metrics)
-            self.progress.epoch(job.name, epoch)
+            self.progress.epoch(self.by_key[key].name, epoch)
 
-    def finish(self, job: Job, result: StageResult) -> None:
-        run = self.by_key[job.key]
+    def group_epoch(self, epoch: int, rows: dict[str, dict[str, float]]) -> None:
+        """An epoch of a stacked group: each member's row, by identity."""
+        for ident, metrics in rows.items():
+            self.epoch(self.by_identity[ident].key, epoch, metrics)
+
+    def remote_epoch(self, job: Job, epoch: int, metrics: dict) -> None:
+        """An epoch a worker reported while its stage run (or group) goes on."""
+        if job.key in self.groups:
+            self.group_epoch(epoch, metrics)
+        else:
+            self.epoch(job.key, epoch, metrics)
+
+    def finish(self, job: Job, result: StageResult | GroupResult) -> None:
+        if job.key not in self.groups:
+            self.finish_run(self.by_key[job.key], result)
+            return
+        keys = self.prepared.pop(job.key, [])
+        if isinstance(result, GroupResult):
+            results = result.results
+        else:  # the worker training the group died: every member it trained failed
+            results = [StageResult(status="FAILED", error=result.error, traceback=result.traceback,
+                                   artifact_dir=str(self.home / "staging" / self.plan.identities[k]))
+                       for k in keys]
+        for key, member in zip(keys, results):
+            self.finish_run(self.by_key[key], member)
+
+    def finish_run(self, run: StageRun, result: StageResult) -> None:
         run_id = self.child_ids.pop(run.key)
         buffer = self.buffers.pop(run.key)
         buffer.rows = result.history  # the same rows on_epoch saw, or all of them from a worker

@@ -10,7 +10,8 @@ epoch EPOCH, in whichever process trains it:
 - ``fill``: fill the filesystem that holds FILE (a small tmpfs the test mounted) to the last byte.
 
 Methods: ``sleepy`` (plain training that sleeps ``pause`` seconds per step, so that runs overlap
-in time observably) and ``suicide`` (its worker process SIGKILLs itself in the first step).
+in time observably), ``suicide`` (its worker process SIGKILLs itself in the first step) and
+``poisoned`` (stackable; a NaN loss in the stage runs ``HARNESS_TEST_POISON`` names).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import signal
 import time
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from harness.api import Method, hookimpl
 
 ENV = "HARNESS_TEST_FAULT"
+POISON = "HARNESS_TEST_POISON"
 
 
 class Sleepy(Method):
@@ -53,6 +56,7 @@ class Suicide(Method):
 def harness_register_methods(register):
     register("sleepy", Sleepy)
     register("suicide", Suicide)
+    register("poisoned", Poisoned)
 
 
 @hookimpl
@@ -79,3 +83,27 @@ def _fill(folder: Path) -> None:
         with contextlib.suppress(OSError), open(folder / name, "wb", buffering=0) as out:
             while True:
                 out.write(b"\0" * block)
+
+
+class Poisoned(Method):
+    """Plain training, stackable, whose loss becomes NaN from epoch ``after`` (1-based) in the
+    stage runs ``HARNESS_TEST_POISON`` names as ``STAGE:SEED`` (comma-separated). The NaN comes
+    from a parameter, not from Python state, so that under stacking it reaches that replica
+    only, as a diverging network's would."""
+
+    stackable = True
+
+    def __init__(self, model, ctx, *, after: int = 2):
+        super().__init__(model, ctx)
+        chosen = f"{ctx.stage}:{ctx.seed}" in os.environ.get(POISON, "").split(",")
+        self.poison = torch.nn.Parameter(torch.tensor(float("nan") if chosen else 0.0),
+                                         requires_grad=False)
+        self.after, self.epoch = after, 0
+
+    def epoch_started(self, epoch):
+        self.epoch = epoch
+        return {}
+
+    def loss(self, batch):
+        task = F.cross_entropy(self.model(batch.x), batch.y)
+        return {"task": task + self.poison if self.epoch + 1 >= self.after else task}

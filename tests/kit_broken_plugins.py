@@ -131,6 +131,40 @@ class TouchesReference(_Plain):
         return {"task": self.ce(batch)}
 
 
+class KeepsItsWeights(_Plain):
+    """Declares itself stackable but penalises the weights it kept at construction (what SRIP
+    did before issue 24): stacked, every replica's penalty reads the first replica's."""
+
+    stackable = True
+
+    def __init__(self, model, ctx):
+        super().__init__(model, ctx)
+        self.kept = [p for p in model.parameters() if p.ndim >= 2]
+
+    def loss(self, batch):
+        return {"task": self.ce(batch), "decay": 0.1 * sum(w.pow(2).sum() for w in self.kept)}
+
+
+class DrawsInLoss(_Plain):
+    """Declares itself stackable but draws its noise inside loss() from its own generator."""
+
+    stackable = True
+
+    def __init__(self, model, ctx):
+        super().__init__(model, ctx)
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        self.generator.set_state(state["generator"])
+
+    def loss(self, batch):
+        noise = torch.randn(batch.x.shape, generator=self.generator)
+        return {"task": F.cross_entropy(self.model(batch.x + 0.1 * noise), batch.y)}
+
+
 class NaNEvaluator(Evaluator):
     def evaluate(self, method, ctx):
         return {"score": float("nan")}

@@ -23,10 +23,12 @@ from conftest import subprocess_env
 from fresh_store import seed_store
 from harness.cli import main
 
+# `stack: off`: these tests stop a grid at one stage run while another has finished, which needs
+# the seeds trained one after another (a stacked group's faults: tests/test_stacking.py)
 SUITE = """
 suite: faults
 seeds: 2
-defaults: {optimizer: adam, lr: 4.0e-3, batch_size: 512, epochs: 8, threads: 1}
+defaults: {optimizer: adam, lr: 4.0e-3, batch_size: 512, epochs: 8, threads: 1, stack: off}
 stages:
   A:  {dataset: ib12, architecture: mi_mlp, method: std}
   AB: {from: A, dataset: ib12_flipped, method: std}

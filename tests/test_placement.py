@@ -9,10 +9,13 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.placement import Placement, visible_gpus
 
+# `stack: off`: the placement of single stage runs over workers (stacked, the four seeds would
+# be one group on one worker)
 SUITE = """
 suite: placement
 seeds: 4
-defaults: {optimizer: adam, lr: 4.0e-3, batch_size: 512, epochs: 2, threads: 1, device: auto}
+defaults: {optimizer: adam, lr: 4.0e-3, batch_size: 512, epochs: 2, threads: 1, device: auto,
+           stack: off}
 stages:
   A: {dataset: ib12, architecture: mi_mlp, method: std}
 evaluate: [{name: accuracy, every: end}]

@@ -64,6 +64,8 @@ def test_builtin_evaluators_pass_the_kit(name, method):
     (broken.Unpicklable, "check_checkpoint_round_trip", {}),
     (broken.LabelReader, "check_unlabelled_streams_need_no_labels", {}),
     (broken.NotBfloat16, "check_bfloat16_autocast", {}),
+    (broken.KeepsItsWeights, "check_stacked_equals_alone", {}),
+    (broken.DrawsInLoss, "check_stacked_equals_alone", {}),
 ])
 def test_each_method_check_catches_its_broken_plugin(cls, check, options, one_thread):
     with pytest.warns(UserWarning, match=check):

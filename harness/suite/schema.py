@@ -45,7 +45,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "download": False,
     "amp": "auto",
     "grad_clip": 0,
+    "stack": "auto",
 }
+#: the largest group ``stack: N`` may ask for
+MAX_STACK = 4096
 STAGE_KEYS = ("dataset", "architecture", "method", "from", "refs", "evaluate", *RUN_DEFAULTS)
 SETTING_KEYS = ("description", "defaults", "grid", "seeds", "stages", "evaluate", "claims",
                 "reference", "report", "expect_failure")
@@ -186,10 +189,24 @@ class Checker:
                 self.fail(where, f"grad_clip is the largest gradient norm, a non-negative number; "
                                  f"got {v!r}", "e.g. `grad_clip: 5.0`; 0 turns clipping off")
             v = float(v)
+        elif k == "stack":
+            v = self.stack(v, where)
         elif k == "download":
             if not isinstance(v, bool):
                 self.fail(where, f"download must be true or false, got {v!r}", "or use `harness run --download`")
         return v
+
+    def stack(self, v, where: str):
+        """``auto``, ``off`` (YAML also reads an unquoted ``off`` as false) or the largest
+        number of stage runs trained as one stacked network."""
+        if v is False or v == "off":
+            return "off"
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_STACK):
+            return v
+        self.fail(where, f"stack must be auto, off or the largest group size (a whole number "
+                         f"from 1 to {MAX_STACK}), got {_short_repr(v)}",
+                  "`auto` stacks replicates where that is faster on this device, `off` trains "
+                  "every stage run alone, e.g. `stack: 8` stacks at most 8")
 
     def data_options(self, value, key: str) -> dict:
         """A profile's ``data:``: the core's data options (which every data set has), each

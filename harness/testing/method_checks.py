@@ -27,6 +27,7 @@ from ..engine import StageTask, run_stage
 from ..errors import UserError
 from ..option_types import UNCHECKED, annotation_of, describe, matches
 from ..plugins import Entry, check_options
+from ..stacked_run import GroupTask, run_group
 from ..suite import RUN_DEFAULTS, SuiteDefaults
 from ..train.build import StageData, build_method
 from ..train.checkpoint import ModelSource, load_method
@@ -454,6 +455,56 @@ def check_bfloat16_autocast(m: MethodUnderTest) -> None:
                               "amp_safe = False or compute that term outside autocast")
 
 
+def check_stacked_equals_alone(m: MethodUnderTest) -> None:
+    """``stackable = True`` promises that replicas trained as one stacked network end with the
+    loss terms and parameters they have trained alone (to rounding: batched kernels sum in
+    another order): three seeds, two of them on one data set and one on another, two epochs."""
+    with _folder() as folder:
+        data = [m.data()] * 2 + [m.data()]
+
+        def tasks(where: str) -> list[StageTask]:
+            out = [m.task(folder / where / str(i)) for i in range(3)]
+            for i, t in enumerate(out):
+                t.seed = 11 + i
+            return out
+
+        alone = [run_stage(t, m.plugins, data=d) for t, d in zip(tasks("alone"), data)]
+        stacked = run_group(GroupTask(tasks("stacked")), m.plugins, data=data).results
+        for a, s in zip(alone, stacked):
+            if not a.ok or not s.ok:
+                raise CheckFailed(f"trained {'alone' if not a.ok else 'stacked'} it failed: "
+                                  f"{a.error or s.error} (random numbers belong in draw(), "
+                                  "read in loss() through self.draws())")
+            if s.params.get("stack_refused"):
+                raise CheckFailed(f"it declares stackable = True but cannot be stacked: "
+                                  f"{s.params['stack_refused']}")
+            diff = _close_state(_state(a), _state(s)) + [
+                k for ra, rs in zip(_losses(a), _losses(s)) for k in ra
+                if not _close(ra[k], rs.get(k))]
+            if diff:
+                raise CheckFailed(f"stacked, a replica ends unlike itself trained alone in "
+                                  f"{sorted(set(diff))[:5]}: read every parameter through the "
+                                  "modules at each call (not a tensor kept from __init__), keep "
+                                  "no Python state that differs between replicas, and draw "
+                                  "random numbers in draw()")
+
+
+def _close(a, b, tol: float = 1e-5) -> bool:
+    return b is not None and abs(a - b) <= tol * max(1.0, abs(a))
+
+
+def _close_state(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that differ by more than rounding (extra state compared exactly)."""
+    diff = [k for k in a.keys() | b.keys() if k not in a or k not in b]
+    for k in a.keys() & b.keys():
+        x, y = a[k], b[k]
+        same = (torch.allclose(x.double(), y.double(), rtol=1e-5, atol=1e-6)
+                if isinstance(x, torch.Tensor) and x.is_floating_point() else _equal(x, y))
+        if not same:
+            diff.append(k)
+    return diff
+
+
 #: (check, whether it applies to a method under test)
 METHOD_CHECKS: list[tuple[Callable[[MethodUnderTest], None], Callable[[MethodUnderTest], bool]]] = [
     (check_options_are_checked, lambda m: True),
@@ -465,4 +516,5 @@ METHOD_CHECKS: list[tuple[Callable[[MethodUnderTest], None], Callable[[MethodUnd
     (check_checkpoint_round_trip, lambda m: True),
     (check_unlabelled_streams_need_no_labels, lambda m: m.unlabelled),
     (check_bfloat16_autocast, lambda m: m.amp_safe),
+    (check_stacked_equals_alone, lambda m: bool(getattr(m.cls, "stackable", False))),
 ]

@@ -23,7 +23,7 @@ from .build import StageData
 from .streams import StreamSet
 from .updates import Updates
 
-__all__ = ["EpochLoop", "EvaluatorSlot", "StageFailed", "due"]
+__all__ = ["EpochLoop", "EvaluatorSlot", "StageFailed", "due", "non_finite", "summary_of"]
 
 
 class StageFailed(Exception):
@@ -94,6 +94,11 @@ class EpochLoop:
         return metrics
 
     @property
+    def plain(self) -> bool:
+        """Whether the run takes the plain path (``_plain``): what stacking needs."""
+        return self._plain
+
+    @property
     def _plain(self) -> bool:
         """One stream, one optimizer and the default ``step`` and ``update``: what std, racecar
         and srip are, and where the engine's per-step Python is a measurable share of a step."""
@@ -138,9 +143,9 @@ class EpochLoop:
             total += value
         metrics["loss"] = total
         metrics.update(norms)
-        if not math.isfinite(total):
-            bad = ", ".join(f"loss_{k}={v:.4g}" for k, v in terms.items())
-            raise StageFailed(f"loss became {total} in epoch {epoch + 1} ({bad})")
+        message = non_finite(epoch, terms, total)
+        if message:
+            raise StageFailed(message)
 
     def evaluate(self, epoch: int, metrics: dict[str, float]) -> None:
         primary = primary_role(self.data.roles)
@@ -162,6 +167,15 @@ class EpochLoop:
             self.evaluate(epoch, metrics)
             result.history.append(metrics)
             after_epoch(epoch, metrics)
+
+
+def non_finite(epoch: int, terms: dict[str, float], total: float) -> str | None:
+    """Why an epoch's losses fail the run (None: they are finite): one wording for a stage run
+    alone and a replica of a stacked group, which fails alone."""
+    if math.isfinite(total):
+        return None
+    bad = ", ".join(f"loss_{k}={v:.4g}" for k, v in terms.items())
+    return f"loss became {total} in epoch {epoch + 1} ({bad})"
 
 
 def summary_of(history: list[dict[str, float]], train_seconds: float, samples: int,

@@ -9,6 +9,11 @@ makes. DomainBed lets ``update()`` step its own optimizers and loses their state
 here every optimizer and scheduler is the engine's, so it is checkpointed.
 
 Schedules are torch.optim.lr_scheduler's, one scheduler per optimizer, stepped once per epoch.
+
+Stacked replicas (``harness.train.stacking``) go through the same ``update()``: there each term
+is a vector with one value per replica, the backward is of their sum (the gradient of a sum
+reaches each replica's parameters from its own loss alone), clipping is per replica, and the
+epoch's means are per replica.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..api import DEFAULT_OPTIMIZER, Method, OptimizerSpec
 from ..errors import UserError
 from .terms import TERMS_HINT, LossTermsError, terms_problem
 
-__all__ = ["make_optimizer", "make_scheduler", "Updates", "DirectStepRefused"]
+__all__ = ["make_optimizer", "make_scheduler", "Updates", "DirectStepRefused", "clip_per_replica"]
 
 
 class DirectStepRefused(RuntimeError):
@@ -101,7 +106,7 @@ class Updates:
     """The optimizers of a stage run and the ``update`` a method's step calls."""
 
     def __init__(self, method: Method, run: dict[str, Any], epochs: int, device: torch.device,
-                 amp: bool):
+                 amp: bool, replicas: int = 0):
         specs = _specs(method, run)
         self.optimizers = {n: make_optimizer(p, s) for n, (p, s) in specs.items()}
         self.schedulers = {n: make_scheduler(o, run["schedule"], epochs)
@@ -116,6 +121,8 @@ class Updates:
         self.backward_all = type(method).optimizers is Method.optimizers
         self.clip = float(run["grad_clip"]) if run.get("grad_clip") else 0.0
         self.amp = amp
+        #: 0 alone; R when every parameter is R replicas' stacked and every term an R-vector
+        self.replicas = replicas
         self.no_autocast = partial_autocast_off(device.type)
         #: per term: the values of this epoch's updates, and the primary batch size of each
         self.log: dict[str, list[torch.Tensor]] = {}
@@ -143,6 +150,8 @@ class Updates:
         total = next(values)  # not sum(): its leading 0 + t is one more autograd op per step
         for value in values:
             total = total + value
+        if self.replicas:  # one backward for all: each replica's gradient is its own loss's
+            total = total.sum()
         optimizer.zero_grad(set_to_none=True)
         if self.amp:
             with self.no_autocast():
@@ -151,7 +160,8 @@ class Updates:
             self._backward(name, total)
         prefix, log, sizes = self.prefix[name], self.log, self.sizes
         if self.clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.params[name], self.clip)
+            norm = (clip_per_replica(self.params[name], self.clip) if self.replicas
+                    else torch.nn.utils.clip_grad_norm_(self.params[name], self.clip))
             self.norms.setdefault(f"grad_norm{'_' + name if prefix else ''}", []).append(norm)
         self._stepping = True
         try:
@@ -204,15 +214,25 @@ class Updates:
                         for n, o in self.optimizers.items()})
         return out
 
-    def epoch_means(self) -> tuple[dict[str, float], dict[str, float]]:
+    def epoch_means(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(term -> its mean over the epoch's samples, grad norm -> its mean over the updates),
-        and a fresh log for the next epoch. One host-device transfer per term per epoch."""
+        and a fresh log for the next epoch. One host-device transfer per term per epoch.
+        Stacked: a list of the replicas' means each, every one computed as its replica's alone
+        would be (the same 1-D reduction over its own values), so they agree bitwise."""
         terms = {}
         for key, values in self.log.items():
             sizes = self.sizes[key]
             weights = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
-            terms[key] = float((torch.stack(values).double().cpu() * weights).sum())
-        norms = {k: float(torch.stack(v).double().mean().cpu()) for k, v in self.norms.items()}
+            stacked = torch.stack(values).double().cpu()
+            if self.replicas:
+                terms[key] = [float((col * weights).sum()) for col in stacked.t().contiguous()]
+            else:
+                terms[key] = float((stacked * weights).sum())
+        norms = {}
+        for key, values in self.norms.items():
+            stacked = torch.stack(values).double().cpu()
+            norms[key] = ([float(col.mean()) for col in stacked.t().contiguous()] if self.replicas
+                          else float(stacked.mean()))
         self.log, self.sizes, self.norms = {}, {}, {}
         return terms, norms
 
@@ -227,6 +247,23 @@ class Updates:
         for n, s in self.schedulers.items():
             if s is not None:
                 s.load_state_dict(state["schedulers"][n])
+
+
+def clip_per_replica(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` for each replica of stacked parameters (dimension 0): each replica's
+    gradient norm over all its tensors, each clipped by its own coefficient, as it would be
+    trained alone (a replica whose gradient is not finite changes no other). The replicas'
+    norms, an R-vector."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), 2, dim=1)
+                         for g in grads])
+    total = torch.linalg.vector_norm(norms, 2, dim=0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
+    return total
 
 
 def _step_guard(updates_ref):

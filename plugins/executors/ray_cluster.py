@@ -71,7 +71,10 @@ def _on_node(task, files: dict[str, bytes], context: dict):
 
 
 class RayExecutor(Executor):
-    """Stage runs as Ray tasks, each started when its upstream stage runs finished."""
+    """Stage runs as Ray tasks, each started when its upstream stage runs finished. Each
+    trains alone: a task ships its own upstream checkpoints, which a group's would not be."""
+
+    stacks = False
 
     def __init__(self, jobs: int = 1, address: str | None = None):
         super().__init__(jobs)

@@ -56,7 +56,12 @@ STARTS = ("constrained", "trunk")
 # ------------------------------------------------------------------------------------------------
 class Racecar(Method):
     """RR^s: cross-entropy plus the racecar loss on L_1..L_s (``layers``, default all of the
-    trunk) with weights lambda (``weight``: one value, or one per constrained layer)."""
+    trunk) with weights lambda (``weight``: one value, or one per constrained layer).
+
+    Stackable: the reverse pass reads the forward layers' weights at each call and draws
+    nothing."""
+
+    stackable = True
 
     def __init__(self, model, ctx, *, layers: int | None = None, weight: Any = 1e-2,
                  loss_form: str = "half_sq", start: str = "constrained",

@@ -12,7 +12,9 @@ weight with ndim >= 2 the matrix W is reshaped to [out, in * k * k]; the smaller
 - ``variant: so``: soft orthogonality ||M||_F^2, the cheaper variant of the same paper.
 
 The starting vectors come from a generator seeded by the stage's seed (uniform in [0, 1) as in
-the reference code), so runs repeat exactly. ``weight`` is beta; ``schedule: reference`` applies
+the reference code), so runs repeat exactly. They are drawn in ``draw()`` and the weights are
+read through the modules at each call, never kept: so SRIP is stackable, and a replica trained
+stacked draws and penalises what it would alone. ``weight`` is beta; ``schedule: reference`` applies
 the reference code's decay (beta x1 up to epoch 20, x1e-3 to 50, x1e-4 to 70, x1e-6 to 120, then
 0; epochs counted from 1) through ``Method.epoch_started``; paper 000 gives no beta and its
 racecar code used 0.1, our default.
@@ -75,6 +77,8 @@ def reference_decay(epoch: int) -> float:
 class Srip(Method):
     """Cross-entropy plus beta times the orthogonality penalty of every weight with ndim >= 2."""
 
+    stackable = True
+
     def __init__(self, model, ctx, *, weight: float = 0.1, variant: str = "srip",
                  schedule: str = "constant", power_iterations: int = 1, squared: bool = True):
         super().__init__(model, ctx)
@@ -92,12 +96,21 @@ class Srip(Method):
         self.iterations, self.squared = power_iterations, bool(squared)
         self.factor = 1.0
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
-        self.weights = [(n, p) for n, p in model.named_parameters() if p.ndim >= 2]
-        if not self.weights:
+        names = [n for n, p in model.named_parameters() if p.ndim >= 2]
+        if not names:
             raise UserError("the model has no weight with two or more dimensions to orthogonalise",
                             key="method")
+        # (module, attribute) of each weight, read at every call: a tensor kept here would stay
+        # this module's own when functional_call swaps in a stacked replica's parameters
+        owners = [n.rpartition(".") for n in names]
+        self._owners = [(n, model.get_submodule(mod), leaf) for n, (mod, _, leaf) in zip(names, owners)]
         self._sizes = [min(p.shape[0], p[0].numel()) for _, p in self.weights]
         self._eyes: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def weights(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, weight) of every penalised weight, as the network holds it now."""
+        return [(n, getattr(mod, leaf)) for n, mod, leaf in self._owners]
 
     def get_extra_state(self):
         """The power iteration's random stream, so that a resumed run draws what it would have."""
@@ -117,12 +130,18 @@ class Srip(Method):
             self._eyes[key] = torch.eye(size, dtype=like.dtype, device=like.device)
         return self._eyes[key]
 
+    def draw(self) -> dict[str, torch.Tensor]:
+        """The power iteration's start vectors of one step (none when nothing is penalised):
+        one draw for all weights, split per weight in ``penalty``, the same stream as drawing
+        them one by one at a fraction of the calls."""
+        if self.variant != "srip" or self.beta * self.factor <= 0:
+            return {}
+        return {"starts": torch.rand(sum(self._sizes), generator=self.generator)}
+
     def penalty(self) -> torch.Tensor:
         if self.variant == "so":
             return sum(so_penalty(w) for _, w in self.weights)
-        # one draw per step for all weights, split per weight: the same stream as drawing them
-        # one by one, at a fraction of the calls
-        starts = torch.rand(sum(self._sizes), generator=self.generator).split(self._sizes)
+        starts = self.draws()["starts"].split(self._sizes)
         total = None
         for (_, w), size, start in zip(self.weights, self._sizes, starts):
             term = srip_penalty(w, start, self.iterations, self.squared, self._eye(size, w))

@@ -10,6 +10,8 @@ from harness.api import Method, hookimpl
 class Std(Method):
     """Cross-entropy on the model's logits."""
 
+    stackable = True
+
     def loss(self, batch):
         return {"task": F.cross_entropy(self.model(batch.x), batch.y)}
 
