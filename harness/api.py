@@ -238,6 +238,37 @@ class MethodContext:
     build_model: Any = None
     data: dict[str, "DataBundle"] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    generators: dict[str, torch.Generator] = field(default_factory=dict, repr=False)
+
+    def generator(self, name: str) -> torch.Generator:
+        """This stage run's own CPU generator called ``name``, seeded from (seed, name).
+
+        The one way a method draws random numbers of its own: the engine saves the state of
+        every generator handed out here with each resume checkpoint and restores it on
+        ``--resume``, so a resumed run draws what the uninterrupted run would have, which a
+        ``torch.Generator`` a method keeps for itself does not do unless the method remembers to
+        save it. Stacked replicas each have their own context, so each draws from its own. The
+        same name returns the same generator; distinct names give independent streams.
+        """
+        if name not in self.generators:
+            self.generators[name] = torch.Generator().manual_seed(self.seed_for(name))
+        return self.generators[name]
+
+    def seed_for(self, name: str) -> int:
+        """A 63-bit seed derived from (seed, name), for a draw fixed by where it happens (a
+        round, a stage) rather than by what was drawn before it: such a draw needs no saved
+        state. Distinct names give unrelated seeds, where sums such as ``seed * k + i`` collide."""
+        key = hashlib.blake2b(f"{self.seed}/{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(key, "big") >> 1
+
+    def generator_states(self) -> dict[str, torch.Tensor]:
+        """The state of every generator handed out so far, by name (what a checkpoint keeps)."""
+        return {name: g.get_state() for name, g in self.generators.items()}
+
+    def restore_generators(self, states: dict[str, torch.Tensor]) -> None:
+        """Put generators back in the states ``generator_states`` returned."""
+        for name, state in states.items():
+            self.generator(name).set_state(state)
 
 
 class Method(nn.Module):

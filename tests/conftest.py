@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background by a non-interactive shell (`tox &`, nohup in a script)
+# inherits SIGINT ignored, and so would every harness the Ctrl-C tests start: they would wait
+# for an interrupt that never arrives. With Python's handler back, the children start with
+# SIGINT at its default, as a terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -70,11 +70,31 @@ def checkpoint(home: Path, name: str) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_harness_left_behind():
+    """A test that fails half-way (a timeout) kills what it started, workers included, rather
+    than leaving it to train beside the tests that follow."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):  # not a group leader, or gone
+                proc.kill()
+            proc.wait()
+
+
 def harness(*args, fault: str | None = None, **popen):
     exe = Path(sys.executable).with_name("harness")
     env = subprocess_env({"HARNESS_TEST_FAULT": fault} if fault else {})
-    return subprocess.Popen([str(exe), *map(str, args)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(exe), *map(str, args)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_for_file(path: Path, proc, timeout: float = 120) -> str:

@@ -25,6 +25,8 @@ def entry(kind, name):
     method(entry("methods", "spline_inversion"), alpha=0.5, beta=0.5),
     method(entry("methods", "rnl"), reduction="mean"),
     method(entry("methods", "aux_heads"), split="4", common_classes=True, classes=2),
+    # its rotation head draws from ctx.generator: a resumed run must draw what it would have
+    method(entry("methods", "aux_heads"), split="4", rotation=True),
     method(entry("methods", "aux_heads"), split="4", regime="incremental", common_classes=True,
            classes=2, refs={"a": {"name": "kit_method_under_test", "split": "4",
                                   "regime": "incremental", "common_classes": True, "classes": 2}}),

@@ -84,7 +84,8 @@ class ResumeState:
     """Everything that makes epoch k+1 of a stage run the same whether or not the process
     stopped after epoch k: the method's state (parameters, buffers, and whatever a method keeps
     through torch's ``get_extra_state``), every optimizer and scheduler, each stream's position
-    and generator, every random generator a plugin may draw from, the evaluators (pickled: an
+    and generator, every random generator a plugin may draw from (the global ones and those
+    it took from ``MethodContext.generator``), the evaluators (pickled: an
     evaluator that collects points across epochs, such as an information plane, keeps them) and
     the history so far.
 
@@ -117,7 +118,7 @@ class ResumeState:
         state = {
             "format": self.FORMAT, "epoch": epoch, "epochs": epochs,
             "method": method.state_dict(), "updates": updates.state_dict(),
-            "streams": streams.state_dict(),
+            "streams": streams.state_dict(), "generators": method.ctx.generator_states(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
@@ -152,6 +153,7 @@ class _Saved:
         """Put the saved state in place; return (epochs done, training seconds so far)."""
         s = self.state
         method.load_state_dict(s["method"])
+        method.ctx.restore_generators(s.get("generators", {}))
         updates.load_state_dict(s["updates"])
         streams.load_state_dict(s["streams"])
         torch.set_rng_state(s["torch_rng"])

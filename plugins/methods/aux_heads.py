@@ -169,7 +169,7 @@ class AuxHeads(Method):
         self.weight = float(weight)
         self.regime = regime
         self.ref = ref
-        self.generator = torch.Generator().manual_seed(ctx.seed + 104729)
+        self.generator = ctx.generator("rotation")  # checkpointed by the engine
 
         upstream = ctx.upstream.get(ref)
         if regime == "joint" and upstream is not None:

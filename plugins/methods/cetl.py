@@ -44,7 +44,7 @@ Readings (the paper does not give them), each an option: ``dwa_weight`` (lambda;
 raw Fisher's maximum, which the normalisation of F divided out, so the DWA is on the scale of the
 previous task's loss, see ``plugins.methods.gfi``; or a number), ``reduction`` (``sum``: Eq. 2's per-sample squared norm),
 ``fisher_batches`` (K = 16 per-batch Fisher samples for RF, at least 2) of ``fisher_batch`` (16) samples,
-drawn afresh at each stage end from a generator seeded by (seed, round, stage), ``rf``
+drawn afresh at each stage end from a generator seeded by ``ctx.seed_for`` of (round, stage), ``rf``
 (``quantile`` with ``bins: 4``, 2 to K, or ``gaussian``), ``source_layer`` (``auto``: ``penultimate`` in
 transfer, as the paper feeds AlexNet's features before the last FC; ``output`` in distill and
 adapt, the soft targets), ``target_layer`` (T2's last weight layer).
@@ -318,7 +318,7 @@ class CETL(Method):
         bundle = self.ctx.data[role]
         split = bundle.train if labelled or self.mode != "adapt" else bundle.split("unlabelled")
         n = self.fisher_batches * self.fisher_batch
-        g = torch.Generator().manual_seed(self.ctx.seed * 1000003 + r * 10 + stage)
+        g = torch.Generator().manual_seed(self.ctx.seed_for(f"fisher_data/{r}/{stage}"))
         take = torch.randperm(len(split), generator=g)[:n].to(split.x.device)
         if len(take) < self.fisher_batches:
             raise UserError(f"the Fisher needs {self.fisher_batches} samples, the data has "
@@ -362,16 +362,15 @@ class CETL(Method):
             with torch.enable_grad():
                 rs, rt = self._task_fisher("recon_s", x, None), self._task_fisher("recon_t", x, None)
             t1 = dict(self.decoder.named_parameters())
-            seed = self.ctx.seed * 1000003 + r * 10 + stage
             if stage == 2:
-                gfi1, top1 = self._gfi(rs["t1"], rt["t1"], seed + 1)
+                gfi1, top1 = self._gfi(rs["t1"], rt["t1"], self.ctx.seed_for(f"gfi1/{r}"))
                 self.dwa1.set(gfi1, t1, top1)
                 return
             xl, yl = self._fisher_data(r, stage, labelled=True)
             with torch.enable_grad():
                 ce = self._task_fisher("ce", xl, yl)
-            gfi2, top2 = self._gfi(rt["t1"], rs["t1"], seed + 2)
-            gfi3, top3 = self._gfi(rt["t2"], ce["t2"], seed + 3)
+            gfi2, top2 = self._gfi(rt["t1"], rs["t1"], self.ctx.seed_for(f"gfi2/{r}"))
+            gfi3, top3 = self._gfi(rt["t2"], ce["t2"], self.ctx.seed_for(f"gfi3/{r}"))
             self.dwa2.set(gfi2, t1, top2)
             self.dwa3.set(gfi3, dict(self.model.named_parameters()), top3)
         finally:

@@ -11,7 +11,7 @@ weight with ndim >= 2 the matrix W is reshaped to [out, in * k * k]; the smaller
   sigma_max(M)^2; ``squared: false`` gives sigma itself, the form paper 000 prints (eq. 2).
 - ``variant: so``: soft orthogonality ||M||_F^2, the cheaper variant of the same paper.
 
-The starting vectors come from a generator seeded by the stage's seed (uniform in [0, 1) as in
+The starting vectors come from the stage run's generator ``power_iteration`` (uniform in [0, 1) as in
 the reference code), so runs repeat exactly. They are drawn in ``draw()`` and the weights are
 read through the modules at each call, never kept: so SRIP is stackable, and a replica trained
 stacked draws and penalises what it would alone. ``weight`` is beta; ``schedule: reference`` applies
@@ -95,7 +95,7 @@ class Srip(Method):
         self.variant, self.schedule = variant, schedule
         self.iterations, self.squared = power_iterations, bool(squared)
         self.factor = 1.0
-        self.generator = torch.Generator().manual_seed(int(ctx.seed))
+        self.generator = ctx.generator("power_iteration")  # checkpointed by the engine
         names = [n for n, p in model.named_parameters() if p.ndim >= 2]
         if not names:
             raise UserError("the model has no weight with two or more dimensions to orthogonalise",
@@ -113,11 +113,11 @@ class Srip(Method):
         return [(n, getattr(mod, leaf)) for n, mod, leaf in self._owners]
 
     def get_extra_state(self):
-        """The power iteration's random stream, so that a resumed run draws what it would have."""
-        return {"generator": self.generator.get_state(), "factor": self.factor}
+        """The decay factor, so that a resumed run's first step uses this epoch's (the
+        generator's state is the engine's to save)."""
+        return {"factor": self.factor}
 
     def set_extra_state(self, state) -> None:
-        self.generator.set_state(state["generator"])
         self.factor = float(state["factor"])
 
     def epoch_started(self, epoch: int) -> dict[str, float]:
