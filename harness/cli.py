@@ -13,21 +13,17 @@ import functools
 import json
 import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from . import __version__, storage
 from .errors import UserError
-from .interrupts import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+from .interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+from .ui import serve_ui
 
 EXIT_FAILED_RUNS = 1
 EXIT_USAGE = 2
 EXIT_NOT_CHECKED = 3  # `plugins --check`: nothing failed, but some name could not be checked
-EXIT_INTERRUPTED = 130
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,7 +216,7 @@ def _dispatch(args, argv) -> int:
                 print(f"{name:<20} {entry.plugin:<24} {entry.describe()}{clash}")
         return 0
     if args.command == "ui":
-        return _ui(home, args.port)
+        return serve_ui(home, args.port)
     if args.command == "plan":
         return _plan(args, home, load(args.plugin))
     if args.command == "report":
@@ -340,67 +336,6 @@ def _new(args) -> int:
     print(f"wrote {root}: pip install -e '{root}[test]', then python -m pytest {root}/tests "
           f"and harness run {root}/suites/{args.name}.yaml")
     return 0
-
-
-def _port_free(port: int) -> None:
-    """Refuse a port something already listens on: MLflow would print a traceback, or leave
-    workers behind."""
-    if not 0 < port < 65536:
-        raise UserError(f"--port must be from 1 to 65535, got {port}", key="--port")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise UserError(f"port {port} on 127.0.0.1 is busy ({exc.strerror or exc})",
-                            key="--port", hint="another `harness ui` or server listens there; "
-                                               "pick another with --port N") from None
-
-
-def _ui(home: Path, port: int) -> int:
-    """The MLflow UI in its own process group, which is ended as a whole on Ctrl-C or SIGTERM:
-    the server's workers do not outlive ``harness ui``."""
-    from .store_file import ensure_store, sqlite_path  # MLflow's schema: only for `harness ui`
-    from .tracking import check_writable, tracking_uri  # as above
-
-    _port_free(port)
-    db = sqlite_path(tracking_uri(home))
-    if db is not None:  # MLflow would migrate a new store in place, not atomically
-        check_writable(home)
-        ensure_store(db, (home / "artifacts").as_uri())
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(home),
-           "--default-artifact-root", (home / "artifacts").as_uri(),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    print(f"MLflow UI on http://127.0.0.1:{port} for {tracking_uri(home)} (Ctrl-C stops it)")
-    proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _end_group(proc)
-
-
-def _end_group(proc) -> None:
-    """SIGTERM to the UI's process group, SIGKILL to what is left of it after 10 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:  # the leader is reaped; are its workers gone too?
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    return
-            time.sleep(0.1)
 
 
 def _workers(args, plugins):

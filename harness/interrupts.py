@@ -30,6 +30,7 @@ from typing import Any, Iterator
 STOPPING = (signal.SIGINT, signal.SIGTERM)
 #: how long the bookkeeping after SIGTERM may take: well inside SLURM's default KillWait (30 s)
 GRACE_SECONDS = 20.0
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a process SIGTERM ended
 
 

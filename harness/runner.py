@@ -10,6 +10,7 @@ the invocation's parent run shows at the end (the report's tables) is the CLI's 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -401,6 +402,7 @@ class Driver:
         return expected | {
             f"{TAG}suite": run.suite, f"{TAG}setting": run.setting, f"{TAG}stage": run.stage,
             f"{TAG}method": run.row, f"{TAG}stage_method": run.method.label,
+            f"{TAG}row": re.sub(r"/seed\d+$", "", run.name),  # its seeds, grouped in the UI
             f"{TAG}method_name": run.method.name,
             f"{TAG}dataset": run.dataset.label, f"{TAG}architecture": run.architecture.label,
             f"{TAG}seed": str(run.seed), f"{TAG}replicate": str(run.replicate),

@@ -32,8 +32,9 @@ DEFAULT_HOME = ".harness"
 TAG = "harness."
 FLUSH_SECONDS = 10.0
 MAX_BATCH = 1000
-# MLflow 3's UI opens an experiment by its kind: without this tag it shows the GenAI traces
-# overview ("No data available"); this kind opens on the runs table.
+# The kind of experiment MLflow records for training runs. MLflow 3.17's UI ignores it while its
+# GenAI / model-training switch is shown (the mode is the browser's; harness/ui.py prints links
+# that set it), but other MLflow versions and clients read it to tell training from GenAI work.
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description

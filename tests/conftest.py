@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fresh_store import seed_store
+
 # A test run started in the background by a non-interactive shell (`tox &`, nohup in a script)
 # inherits SIGINT ignored, and so would every harness the Ctrl-C tests start: they would wait
 # for an interrupt that never arrives. With Python's handler back, the children start with
@@ -33,8 +35,13 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
+def isolated_home(request, tmp_path, monkeypatch):
+    """A harness home of the test's own. It holds an empty store, already migrated (copied:
+    MLflow's migrations cost seconds a home, and most tests make one), unless the test is
+    marked ``empty_home`` because store creation is what it tests."""
     home = tmp_path / "home"
+    if request.node.get_closest_marker("empty_home") is None:
+        seed_store(home)
     monkeypatch.setenv("HARNESS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HARNESS_PLUGINS", raising=False)

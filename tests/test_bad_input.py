@@ -131,6 +131,7 @@ def test_a_plugin_module_that_does_not_exist(store, capsys, tmp_path):
     assert "--plugin: plugin module 'harness_no_such_plugin' failed to import" in line
 
 
+@pytest.mark.empty_home
 @pytest.mark.parametrize("case", ["broken_yaml.yaml", "plugin_import_error.py"])
 def test_through_the_console_script(case, tmp_path):
     """The same, through the installed ``harness`` command: one line, exit 2, no traceback."""

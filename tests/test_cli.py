@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from harness.cli import main
+from readme_tour import tour
 
 TINY = """
 suite: tiny
@@ -91,6 +92,7 @@ def test_same_suite_twice_gives_identical_metrics(write_suite, tmp_path):
     assert results[0] == results[1]
 
 
+@pytest.mark.empty_home
 def test_unknown_method_is_one_line_exit_2(write_suite, isolated_home, harness_cli):
     suite = write_suite(TINY.replace("method: [std]", "method: [sdt]"))
     proc = harness_cli("run", suite)
@@ -189,10 +191,11 @@ def _free_port() -> int:
 def test_ui_serves_the_store(write_suite, isolated_home, harness_cli):
     suite = write_suite(TINY)
     assert main(["run", str(suite), "--quiet"]) == 0
-    port = _free_port()
+    port, printed = _free_port(), isolated_home.parent / "ui.out"
     exe = Path(sys.executable).with_name("harness")
-    proc = subprocess.Popen([str(exe), "ui", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    with printed.open("w") as out:  # the README tour's command, on a port of the test's own
+        proc = subprocess.Popen([str(exe), *tour("harness ui"), "--port", str(port)], stdout=out,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny"
         deadline = time.time() + 90
@@ -206,6 +209,9 @@ def test_ui_serves_the_store(write_suite, isolated_home, harness_cli):
                     pytest.fail("the MLflow UI did not come up")
                 time.sleep(1)
         assert body["experiment"]["name"] == "tiny"
+        link = f"http://127.0.0.1:{port}/#/experiments/{body['experiment']['experiment_id']}" \
+               "?workflowType=machine_learning"
+        assert f"  tiny  {link}" in printed.read_text().splitlines()
     finally:
         import os
         import signal
@@ -245,10 +251,14 @@ def test_plan_describes_the_workers_that_run_uses(write_suite, capsys, monkeypat
     assert f"placement: {expected} worker(s)" in capsys.readouterr().out
 
 
-def test_the_experiment_opens_on_its_training_runs(write_suite, isolated_home):
-    """MLflow 3's UI picks an experiment's first page by its kind; without one it opens on the
-    GenAI traces overview instead of the runs."""
+def test_the_ui_links_open_each_experiment_on_its_training_runs(write_suite, isolated_home):
+    """MLflow 3.17's UI opens an experiment in its GenAI mode, on a traces overview, unless the
+    address asks for the model-training view; the store's empty Default experiment gets none."""
+    from harness.ui import experiment_links
+
     suite = write_suite(TINY.replace("epochs: 4", "epochs: 1"))
     assert main(["run", str(suite), "--quiet"]) == 0
     exp = client(isolated_home).get_experiment_by_name("tiny")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment_links(client(isolated_home), "http://h:1") == [
+        ("tiny", f"http://h:1/#/experiments/{exp.experiment_id}?workflowType=machine_learning")]

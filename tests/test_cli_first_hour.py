@@ -191,6 +191,7 @@ def test_only_runs_a_subset_with_its_upstream_stages(write_suite, isolated_home,
     assert len(_stage_runs(isolated_home)) == 5  # all of it now
 
 
+@pytest.mark.empty_home
 @pytest.mark.parametrize("only, expect", [
     ("stage=C", "no stage run has stage 'C'"), ("stag=A", "unknown --only key 'stag'"),
     ("stage", "is not key=value"), ("stage=B,method=RR1", "no stage run matches")])

@@ -43,6 +43,11 @@ def dump(tree) -> str:
     return yaml.dump(tree, Dumper=DUMPER, allow_unicode=True)
 
 
+def _listing(folder) -> set[tuple[str, int]]:
+    """(path, size) of every file and folder below ``folder``."""
+    return {(str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")}
+
+
 @pytest.fixture
 def validate(tmp_path, monkeypatch, isolated_home):
     """Write the input as a suite, run ``harness validate`` on it in this process, and check
@@ -57,6 +62,7 @@ def validate(tmp_path, monkeypatch, isolated_home):
     monkeypatch.setattr(plan, "build_stage_data", lambda plugins, spec, root, download: cached(
         json.dumps([spec, root, download], sort_keys=True, default=str)))
     suite = tmp_path / "fuzz.yaml"
+    before = _listing(tmp_path)  # the test's home and its empty store
 
     def check(content: bytes | str, *args: str) -> int:
         suite.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str)
@@ -69,7 +75,7 @@ def validate(tmp_path, monkeypatch, isolated_home):
         assert "Traceback" not in text
         if code == 2:
             assert text.count("\n") == 1 and text.startswith("harness: error: "), text
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["fuzz.yaml"]  # nothing written
+        assert _listing(tmp_path) - {("fuzz.yaml", suite.stat().st_size)} == before  # nothing written
         return code
 
     return check

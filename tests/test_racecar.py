@@ -244,8 +244,8 @@ def test_bad_method_options_are_user_errors():
 # Training effect
 # ------------------------------------------------------------------------------------------------
 def test_racecar_training_makes_the_input_regenerable():
-    """Same data, seed and steps: the RR network regenerates digits far better than Std (the
-    smoke profile checks the same on mnist5k with the paper's network and lambda)."""
+    """Same data, seed and steps: the RR network regenerates digits far better than Std (Fig.
+    5's effect; the transfer suite's smoke profile trains too few steps to show it)."""
     from harness.api import DatasetContext
     from plugins.architectures.small import small_cnn
     from plugins.datasets.offline import digits

@@ -169,6 +169,7 @@ def test_report_from_a_real_store(write_suite, isolated_home, tmp_path, capsys, 
             assert before[rel] == after[rel], rel
 
 
+@pytest.mark.empty_home
 def test_report_of_an_empty_store_says_what_is_missing(write_suite, isolated_home, tmp_path, capsys,
                                                        picture_plugin):
     suite = write_suite(SUITE)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from readme_tour import tour
 
 from harness.api import DatasetContext
 from harness.cli import main
@@ -105,8 +106,8 @@ def test_the_mix_is_long_tailed_with_disjoint_label_ranges():
 def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     from mlflow.tracking import MlflowClient
 
-    # two worker processes: the grid in half the time on two cores (the executor is tested apart)
-    done = harness_cli("run", OFFLINE, "--profile", "smoke", "--quiet", "-j", "2")
+    # the README tour's first command: two worker processes, the grid in half the time
+    done = harness_cli(*tour("harness run suites/reversible.yaml"))
     # RN_paper without clipping fails, as the suite expects (expect_failure): exit 0
     assert done.returncode == 0, done.stderr
     c = MlflowClient(tracking_uri=f"sqlite:///{isolated_home / 'mlflow.db'}")
@@ -126,9 +127,12 @@ def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     assert {"final_loss_task", "final_loss_feedback", "final_loss_hard"} <= \
         set(finished["main:mix/RN/seed0"])
     assert "final_loss_hard" not in finished["main:mix/RN_nohard/seed0"]
-    report = harness_cli("report", OFFLINE, "--profile", "smoke", "--out", isolated_home / "rep")
+    plan = harness_cli(*tour("harness plan suites/reversible.yaml"))
+    assert plan.returncode == 0, plan.stderr
+    assert f"18 stage runs, {len(finished)} finished" in plan.stdout, plan.stdout
+    report = harness_cli(*tour("harness report suites/reversible.yaml"))  # into ./my-report
     assert report.returncode == 0, report.stderr
-    text = (isolated_home / "rep" / "README.md").read_text()
+    text = (isolated_home.parent / "my-report" / "README.md").read_text()
     assert "test err" in text and "inconclusive" in text
     divergence = text.split("## Expected divergence")[1].split("\n## ")[0]
     assert "| main | digits.RN_paper, mnist.RN_paper, mix.RN_paper | Eq. 6-7 as written" in divergence

@@ -56,6 +56,7 @@ def finished(home: Path) -> int:
     return len(client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"))
 
 
+@pytest.mark.empty_home
 def test_half_migrated_store_is_repaired(write_suite, isolated_home, capsys):
     half_migrated(isolated_home / "mlflow.db")
     assert main(["run", str(write_suite(TINY))]) == 0
@@ -65,6 +66,7 @@ def test_half_migrated_store_is_repaired(write_suite, isolated_home, capsys):
     assert list(isolated_home.glob("mlflow.db.broken-*"))  # the broken file is kept aside
 
 
+@pytest.mark.empty_home
 def test_half_migrated_store_reads_as_empty_and_is_left_alone(write_suite, isolated_home, capsys):
     db = isolated_home / "mlflow.db"
     half_migrated(db)
@@ -92,6 +94,7 @@ def test_store_with_runs_at_another_schema_is_refused(write_suite, isolated_home
     assert db.read_bytes() == before
 
 
+@pytest.mark.empty_home
 @pytest.mark.slow
 def test_ctrl_c_while_the_store_is_created_leaves_no_broken_store(write_suite, isolated_home):
     """SIGINT a few moments into the first run in a new home, while MLflow migrates; the next
@@ -115,6 +118,7 @@ def test_ctrl_c_while_the_store_is_created_leaves_no_broken_store(write_suite, i
     assert not list(isolated_home.glob(".mlflow.db.creating-*"))
 
 
+@pytest.mark.empty_home
 def test_ctrl_c_whose_clean_up_fails_is_still_an_interruption(tmp_path, monkeypatch):
     """Seen once in the test above: Ctrl-C inside a migration, then SQLAlchemy's clean-up of
     the cut-off transaction raised PendingRollbackError, and the CLI printed that traceback and
