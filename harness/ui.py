@@ -79,7 +79,10 @@ def serve_ui(home: Path, port: int) -> int:
     print(f"MLflow UI on {base} for {tracking_uri(home)} (Ctrl-C stops it)")
     _print_links(tracking_uri(home), base)
     sys.stdout.flush()
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # MLflow's job runner (six huey consumer processes, for GenAI judges and trace jobs that a
+    # training store never has) is off unless the environment asks for it
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -82,12 +82,11 @@ def test_bad_cetl_options_are_refused_with_file_key_and_hint(tmp_path, capsys, m
 
 
 @pytest.mark.slow
-def test_smoke_transfer_setting_runs_and_reports_through_the_cli(harness_cli, isolated_home):
+def test_smoke_transfer_setting_runs_and_reports_through_the_cli(isolated_home):
     from mlflow.tracking import MlflowClient
 
-    done = harness_cli("run", OFFLINE, "--profile", "smoke", "--quiet",
-                       "--only", "setting=transfer,method=CETL")
-    assert done.returncode == 0, done.stderr
+    assert main(["run", str(OFFLINE), "--profile", "smoke", "--quiet",
+                 "--only", "setting=transfer,method=CETL"]) == 0
     c = MlflowClient(tracking_uri=f"sqlite:///{isolated_home / 'mlflow.db'}")
     exp = c.get_experiment_by_name("cetl")
     runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=100)
@@ -96,6 +95,5 @@ def test_smoke_transfer_setting_runs_and_reports_through_the_cli(harness_cli, is
     metrics = runs["transfer:cetl/CETL/seed0"].data.metrics
     assert {"final_test_acc", "final_loss_stage1_recon_s", "final_loss_stage2_recon_t",
             "final_loss_stage3_ce", "final_cetl_stage"} <= set(metrics)
-    report = harness_cli("report", OFFLINE, "--profile", "smoke", "--out", isolated_home / "rep")
-    assert report.returncode == 0, report.stderr
+    assert main(["report", str(OFFLINE), "--profile", "smoke", "--out", str(isolated_home / "rep")]) == 0
     assert "CETL" in (isolated_home / "rep" / "README.md").read_text()

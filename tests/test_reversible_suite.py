@@ -103,13 +103,12 @@ def test_the_mix_is_long_tailed_with_disjoint_label_ranges():
 
 
 @pytest.mark.slow
-def test_smoke_profile_end_to_end(harness_cli, isolated_home):
+def test_smoke_profile_end_to_end(isolated_home, capsys):
+    """The README tour's commands, in this process (the console script is tested apart)."""
     from mlflow.tracking import MlflowClient
 
-    # the README tour's first command: two worker processes, the grid in half the time
-    done = harness_cli(*tour("harness run suites/reversible.yaml"))
     # RN_paper without clipping fails, as the suite expects (expect_failure): exit 0
-    assert done.returncode == 0, done.stderr
+    assert main(tour("harness run suites/reversible.yaml") + ["--quiet"]) == 0
     c = MlflowClient(tracking_uri=f"sqlite:///{isolated_home / 'mlflow.db'}")
     exp = c.get_experiment_by_name("reversible")
     runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=1000)
@@ -127,11 +126,11 @@ def test_smoke_profile_end_to_end(harness_cli, isolated_home):
     assert {"final_loss_task", "final_loss_feedback", "final_loss_hard"} <= \
         set(finished["main:mix/RN/seed0"])
     assert "final_loss_hard" not in finished["main:mix/RN_nohard/seed0"]
-    plan = harness_cli(*tour("harness plan suites/reversible.yaml"))
-    assert plan.returncode == 0, plan.stderr
-    assert f"18 stage runs, {len(finished)} finished" in plan.stdout, plan.stdout
-    report = harness_cli(*tour("harness report suites/reversible.yaml"))  # into ./my-report
-    assert report.returncode == 0, report.stderr
+    capsys.readouterr()
+    assert main(tour("harness plan suites/reversible.yaml")) == 0
+    planned = capsys.readouterr().out
+    assert f"18 stage runs, {len(finished)} finished" in planned, planned
+    assert main(tour("harness report suites/reversible.yaml")) == 0  # into ./my-report
     text = (isolated_home.parent / "my-report" / "README.md").read_text()
     assert "test err" in text and "inconclusive" in text
     divergence = text.split("## Expected divergence")[1].split("\n## ")[0]
