@@ -145,6 +145,7 @@ STAGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["mcd", "semi"])
 def test_multi_update_plugins_run_and_resume_through_the_cli(write_suite, tmp_path, stage):
     dataset, method = STAGES[stage]

@@ -74,6 +74,7 @@ def test_ready_releases_a_job_when_its_upstream_jobs_are_done():
     assert ready.pop() is None and not ready
 
 
+@pytest.mark.slow
 def test_processes_give_the_results_of_inline_and_overlap_in_time(write_suite, tmp_path):
     suite = write_suite(GRID)
     inline, parallel = seed_store(tmp_path / "inline"), seed_store(tmp_path / "parallel")

@@ -155,6 +155,7 @@ stages:
     assert parent.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_sigkilled_driver_is_cleaned_up_and_rerun_without_duplicates(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE)
     home = seed_store(tmp_path / "h")
@@ -206,6 +207,7 @@ def test_sigkilled_driver_takes_its_workers_along(write_suite, tmp_path, capsys)
     assert all(r.info.status != "RUNNING" for r in all_runs(home))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE)
     straight, resumed = seed_store(tmp_path / "straight"), seed_store(tmp_path / "resumed")
@@ -246,6 +248,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(write_suite, tmp_path,
     assert not any((resumed / "resume").iterdir())  # recorded: the saved state is gone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "processes"])
 def test_ctrl_c_records_running_runs_as_killed_and_exits_130(write_suite, tmp_path, executor):
     suite = write_suite(SUITE)
@@ -269,6 +272,7 @@ def test_ctrl_c_records_running_runs_as_killed_and_exits_130(write_suite, tmp_pa
         assert [m.step for m in history] == [1, 2]  # epoch 3 was interrupted in its hook
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "processes"])
 def test_sigterm_records_runs_as_killed_keeps_their_epochs_and_exits_143(write_suite, tmp_path,
                                                                         executor):
@@ -308,6 +312,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "processes"])
 def test_a_disk_that_fills_mid_run_stops_with_one_line_and_exit_3(write_suite, small_disk,
                                                                   executor):

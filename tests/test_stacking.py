@@ -167,6 +167,7 @@ def test_plan_shows_groups_and_stack_off_trains_alone(write_suite, tmp_path, cap
     assert "all 6 stage runs of suite 'faults' already finished" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_group_killed_and_resumed_equals_one_never_interrupted(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE.replace("METHOD", "{name: srip, weight: 0.1, label: srip}"))
     straight, resumed = seed_store(tmp_path / "straight"), seed_store(tmp_path / "resumed")
