@@ -28,6 +28,7 @@ from .train.build import StageData, build_method, build_model, build_stage_data,
 from .train.checkpoint import (CHECKPOINT, CHECKPOINT_FORMAT, ModelSource, ResumeState,
                                load_method, read_model_state, save_final)
 from .train.loop import EpochLoop, EvaluatorSlot, StageFailed, summary_of
+from .train.observe import OBSERVERS, notify
 from .train.streams import StreamSet, resolve_streams
 from .train.updates import Updates, make_optimizer
 
@@ -187,6 +188,9 @@ def _setup(task: StageTask, plugins, data, device: torch.device, result: StageRe
     if task.init_from is not None:
         loaded, _ = load_matching(model, read_model_state(task.init_from))
     refs = {name: load_method(plugins, source, device) for name, source in task.refs.items()}
+    if OBSERVERS:
+        for name, source in task.refs.items():
+            notify("reference_loaded", source, refs[name])
     method = build_method(plugins, task.method, task.architecture, data=on_device,
                           input_shape=main.input_shape, num_classes=main.num_classes,
                           stage=task.stage, seed=task.seed, epochs=int(run["epochs"]),

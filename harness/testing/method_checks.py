@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .. import engine
-from ..api import DataBundle, Split
+from ..api import DataBundle, Method, Split
 from ..engine import StageTask, run_stage
 from ..errors import UserError
 from ..option_types import UNCHECKED, annotation_of, describe, matches
@@ -32,7 +32,7 @@ from ..suite import RUN_DEFAULTS, SuiteDefaults
 from ..train.build import StageData, build_method
 from ..train.checkpoint import ModelSource, load_method
 from ..train.terms import TERMS_HINT, probe_loss, terms_problem
-from ..train.updates import Updates
+from ..train.observe import observing
 from .needs import Asked, ref_specs, refs_message
 from .tiny import KIT_DATA, KIT_NET, kit_plugins, tiny_data
 
@@ -279,45 +279,71 @@ def _check_wrong_types(m: MethodUnderTest, entry: Entry) -> None:
                           "wrong value is refused before a run, or raise UserError there")
 
 
+def _term_problem(name: str, terms) -> str | None:
+    """What is wrong with the terms a method gave update ``name``, if anything."""
+    problem = terms_problem(terms, f"the terms of update {name!r}")
+    if problem:
+        return f"{problem} ({TERMS_HINT})"
+    for k, v in terms.items():
+        if not isinstance(v, torch.Tensor) or v.dim() != 0:
+            return f"term {k!r} of update {name!r} is not a scalar tensor"
+        if not v.requires_grad:
+            return (f"term {k!r} of update {name!r} does not require grad: it cannot train "
+                    "anything (log it from an evaluator instead)")
+        if not torch.isfinite(v.detach()):
+            return f"term {k!r} of update {name!r} is {float(v)} on the kit's data"
+    return None
+
+
+class _Watch:
+    """What the engine told the kit in one training (``harness.train.observe``)."""
+
+    def __init__(self):
+        self.updates: list[tuple[str, tuple[str, ...]]] = []
+        self.problem: str | None = None
+        self.built: list[tuple[Any, Method, dict[str, torch.Tensor]]] = []
+        self.refs: dict[str, tuple[Method, dict[str, torch.Tensor]]] = {}
+
+    def updates_built(self, updates, method) -> None:
+        self.built.append((updates, method, {n: p.detach().clone()
+                                             for n, p in method.named_parameters()}))
+
+    def update(self, updates, name, terms) -> None:
+        self.problem = self.problem or _term_problem(name, terms)
+        self.updates.append((name, tuple(terms) if isinstance(terms, dict) else ()))
+
+    def reference_loaded(self, source, method) -> None:
+        self.refs[source.checkpoint] = (method, {k: v.clone() for k, v in method.state_dict().items()})
+
+
+def _watched(m: MethodUnderTest) -> _Watch:
+    """One epoch of training, watched; a training the kit saw no update of fails the check
+    rather than passing it on nothing."""
+    m.ref_sources()
+    with _folder() as folder, observing(_Watch()) as watch:
+        try:
+            m.train(folder, epochs=1)
+        except CheckFailed:
+            if watch.problem:  # what made the run fail, said as the kit says it
+                raise CheckFailed(watch.problem) from None
+            raise
+    if not watch.updates:
+        raise CheckFailed("the kit saw no update in an epoch of training: the engine never "
+                          "stepped the method")
+    return watch
+
+
 def check_loss_terms(m: MethodUnderTest) -> None:
     """Every update gets named, finite, scalar terms that require grad, with the same names in
     every step (the per-epoch log and the report rely on stable names)."""
-    seen: list[tuple[str, tuple[str, ...]]] = []
-    original = Updates.__call__
-
-    def spy(self, name, terms):
-        problem = terms_problem(terms, f"the terms of update {name!r}")
-        if problem:
-            raise CheckFailed(f"{problem} ({TERMS_HINT})")
-        for k, v in terms.items():
-            if not isinstance(v, torch.Tensor) or v.dim() != 0:
-                raise CheckFailed(f"term {k!r} of update {name!r} is not a scalar tensor")
-            if not v.requires_grad:
-                raise CheckFailed(f"term {k!r} of update {name!r} does not require grad: it "
-                                  "cannot train anything (log it from an evaluator instead)")
-            if not torch.isfinite(v.detach()):
-                raise CheckFailed(f"term {k!r} of update {name!r} is {float(v)} on the kit's data")
-        seen.append((name, tuple(terms)))
-        original(self, name, terms)
-
-    m.ref_sources()
-    with _folder() as folder, _patched(Updates, "__call__", spy):
-        m.train(folder, epochs=1)
+    watch = _watched(m)
+    if watch.problem:
+        raise CheckFailed(watch.problem)
     per_step = {}
-    for name, keys in seen:
+    for name, keys in watch.updates:
         if per_step.setdefault(name, keys) != keys:
             raise CheckFailed(f"update {name!r} changed its term names between steps: "
                               f"{per_step[name]} then {keys}")
-
-
-@contextmanager
-def _patched(owner, attr: str, value):
-    old = getattr(owner, attr)
-    setattr(owner, attr, value)
-    try:
-        yield
-    finally:
-        setattr(owner, attr, old)
 
 
 def check_trains_its_parameters(m: MethodUnderTest) -> None:
@@ -325,26 +351,14 @@ def check_trains_its_parameters(m: MethodUnderTest) -> None:
     outside every optimizer received a gradient (a frozen part trained by mistake). An
     optimizer the method did not update in that epoch (a later phase of an alternating
     schedule, such as CETL's stages) is not held to it."""
-    captured, stepped = {}, set()
-    original, original_call = Updates.__init__, Updates.__call__
-
-    def spy(self, method, *a, **kw):
-        original(self, method, *a, **kw)
-        captured["method"], captured["updates"] = method, self
-        captured["before"] = {n: p.detach().clone() for n, p in method.named_parameters()}
-
-    def spy_call(self, name, terms):
-        stepped.add(name)
-        original_call(self, name, terms)
-
-    m.ref_sources()
-    with _folder() as folder, _patched(Updates, "__init__", spy), \
-            _patched(Updates, "__call__", spy_call):
-        m.train(folder, epochs=1)
-    method, updates = captured["method"], captured["updates"]
+    watch = _watched(m)
+    if len(watch.built) != 1:
+        raise CheckFailed(f"the kit saw {len(watch.built)} sets of optimizers built for one run")
+    updates, method, before = watch.built[0]
+    stepped = {name for name, _ in watch.updates}
     moving = {id(p) for n, ps in updates.params.items() if n in stepped for p in ps}
     still = [n for n, p in method.named_parameters()
-             if id(p) in moving and torch.equal(captured["before"][n], p.detach())]
+             if id(p) in moving and torch.equal(before[n], p.detach())]
     if still:
         raise CheckFailed(f"parameters in an optimizer did not change in an epoch: {still[:5]} "
                           "(leave them out of optimizers(), or check that the loss reaches them)")
@@ -357,18 +371,11 @@ def check_trains_its_parameters(m: MethodUnderTest) -> None:
 
 def check_references_stay_frozen(m: MethodUnderTest) -> None:
     """The stages a method reads through ``refs:`` are bitwise the same after it trained."""
-    refs = {}
-    original = engine.load_method
-
-    def spy(plugins, source, device):
-        method = original(plugins, source, device)
-        refs[source.checkpoint] = (method, {k: v.clone() for k, v in method.state_dict().items()})
-        return method
-
-    m.ref_sources()
-    with _folder() as folder, _patched(engine, "load_method", spy):
-        m.train(folder, epochs=1)
-    for path, (method, before) in refs.items():
+    watch = _watched(m)
+    if len(watch.refs) != len(m.refs):
+        raise CheckFailed(f"the method names {len(m.refs)} reference(s) but the kit saw "
+                          f"{len(watch.refs)} loaded")
+    for path, (method, before) in watch.refs.items():
         changed = _same_state(before, method.state_dict())
         if changed:
             raise CheckFailed(f"the frozen reference from {Path(path).parent.name} changed: "

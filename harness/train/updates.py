@@ -25,6 +25,7 @@ import torch
 
 from ..api import DEFAULT_OPTIMIZER, Method, OptimizerSpec
 from ..errors import UserError
+from .observe import OBSERVERS, notify
 from .terms import TERMS_HINT, LossTermsError, terms_problem
 
 __all__ = ["make_optimizer", "make_scheduler", "Updates", "DirectStepRefused", "clip_per_replica"]
@@ -138,12 +139,16 @@ class Updates:
         self._checked: set[str] = set()  # updates whose terms were checked (their first call)
         self._method = type(method).__name__
         object.__setattr__(method, "_updater", self)  # what method.update() calls
+        if OBSERVERS:
+            notify("updates_built", self, method)
 
     def __call__(self, name: str, terms: dict[str, torch.Tensor]) -> None:
         optimizer = self.optimizers.get(name)
         if optimizer is None:
             raise UserError(f"update({name!r}): the method has no optimizer {name!r}",
                             key="method", hint=f"its optimizers: {', '.join(self.optimizers)}")
+        if OBSERVERS:  # before the engine's own check: the kit reports what it saw
+            notify("update", self, name, terms)
         if name not in self._checked:  # once per update: a step of the MI network is ~1 ms
             self._check(name, terms)
         values = iter(terms.values())
