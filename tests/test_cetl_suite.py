@@ -59,7 +59,7 @@ def test_the_offline_suite_has_table_2s_five_variants_and_unlabelled_targets():
     runs = expand(load_suite(OFFLINE))
     transfer = {r.row: dict(r.method.opts) for r in runs if r.setting == "transfer" and r.stage == "cetl"}
     assert {o.get("variant") for o in transfer.values()} == {"f", "u", "e", "fi", "gfi"}
-    assert {r.replicate for r in runs} == {0, 1, 2}
+    assert {r.replicate for r in runs} == set(range(5))  # 5 seeds: 3 left verdicts unstable
     for r in runs:
         if r.setting.startswith("adapt") and r.stage == "cetl":
             assert r.method.opts["mode"] == "adapt"
