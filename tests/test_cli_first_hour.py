@@ -113,7 +113,6 @@ def test_ui_sigterm_ends_the_server_and_its_workers(isolated_home):
 def test_the_experiment_description_is_the_suites(write_suite, isolated_home):
     from mlflow.tracking import MlflowClient
 
-    seed_store(isolated_home)
     assert main(["run", str(write_suite(TINY)), "--quiet", "--only", "stage=B"]) == 0
     client = MlflowClient(tracking_uri=f"sqlite:///{isolated_home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
@@ -181,7 +180,6 @@ def _stage_runs(home):
 
 def test_only_runs_a_subset_with_its_upstream_stages(write_suite, isolated_home, capsys):
     suite = str(write_suite(TINY))
-    seed_store(isolated_home)
     assert main(["run", suite, "--dry-run", "--only", "stage=AB,method=RR1"]) == 0
     assert "2 stage runs" in capsys.readouterr().out  # AB/RR1 and the A/RR1 it starts from
     assert main(["run", suite, "--quiet", "--only", "stage=AB,method=RR1"]) == 0
@@ -204,7 +202,6 @@ def test_bad_only_is_exit_2(write_suite, capsys, only, expect, isolated_home):
 
 def test_force_reruns_finished_runs_and_keeps_the_old_ones(write_suite, isolated_home, capsys):
     suite = str(write_suite(TINY))
-    seed_store(isolated_home)
     assert main(["run", suite, "--quiet", "--only", "method=RR1"]) == 0
     first = {r.info.run_name: r.info.run_id for r in _stage_runs(isolated_home)}
     assert set(first) == {"A/RR1/seed0", "AB/RR1/seed0"}

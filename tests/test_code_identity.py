@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 
-from fresh_store import seed_store
 from harness.cli import main
 from harness.codeid import module_files
 
@@ -70,7 +69,6 @@ def test_editing_plugin_code_makes_runs_stale(write_suite, tmp_path, monkeypatch
                                              capsys):
     pkg = make_plugin(tmp_path, monkeypatch)
     suite = str(write_suite(SUITE))
-    seed_store(isolated_home)
     args = ["--plugin", "codepkg.method"]
     assert main(["run", suite, "--quiet", *args]) == 0
     _, tags = stage_tags(isolated_home)
@@ -96,7 +94,6 @@ def test_runs_recorded_before_code_digests_are_stale(write_suite, tmp_path, monk
                                                      isolated_home, capsys):
     make_plugin(tmp_path, monkeypatch)
     suite = str(write_suite(SUITE))
-    seed_store(isolated_home)
     args = ["--plugin", "codepkg.method"]
     assert main(["run", suite, "--quiet", *args]) == 0
     client, tags = stage_tags(isolated_home)

@@ -8,7 +8,6 @@ import matplotlib.axes
 import numpy as np
 import torch
 
-from fresh_store import seed_store
 from harness.cli import main
 from harness.meters import PeakMemory
 from harness.report import Store, metric_range
@@ -33,7 +32,6 @@ profiles:
 
 def test_report_uses_the_profile_that_has_runs(write_suite, isolated_home, tmp_path, capsys):
     suite = str(write_suite(SUITE))
-    seed_store(isolated_home)
     assert main(["run", suite, "--profile", "smoke", "--quiet"]) == 0
     capsys.readouterr()
     out = tmp_path / "out"
@@ -62,7 +60,6 @@ def test_runs_of_no_profile_are_reported_as_such(write_suite, isolated_home, tmp
     the printed line and the README say the same."""
     text = SUITE.split("profiles:")[0] + 'profiles:\n  smoke: {seeds: 1, epochs: 2}\n'
     suite = str(write_suite(text.replace("seeds: 2", "seeds: 1").replace("epochs: 5", "epochs: 2")))
-    seed_store(isolated_home)
     assert main(["run", suite, "--quiet"]) == 0
     capsys.readouterr()
     assert main(["report", suite, "--out", str(tmp_path / "o")]) == 0
@@ -75,7 +72,6 @@ def test_runs_of_no_profile_are_reported_as_such(write_suite, isolated_home, tmp
 def test_curve_bands_are_clipped_and_paper_markers_sit_at_the_papers_epochs(
         write_suite, isolated_home, tmp_path, monkeypatch):
     suite = str(write_suite(SUITE))
-    seed_store(isolated_home)
     assert main(["run", suite, "--quiet"]) == 0  # the default profile: 5 epochs, 2 seeds
     seen: dict[str, list] = {"bands": [], "stars": []}
     spread = iter([0.99, 0.40] * 10)  # seeds far apart near the top: mean + std > 1

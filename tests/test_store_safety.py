@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
-from fresh_store import seed_store
 from harness.cli import main
 
 TINY = """suite: tiny
@@ -80,7 +79,6 @@ def test_store_with_runs_at_another_schema_is_refused(write_suite, isolated_home
     import sqlite3
 
     suite = write_suite(TINY)
-    seed_store(isolated_home)
     assert main(["run", str(suite), "--quiet"]) == 0
     db = isolated_home / "mlflow.db"
     with sqlite3.connect(db) as con:
@@ -156,7 +154,6 @@ def test_home_under_a_file_is_refused_before_anything_runs(write_suite, tmp_path
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_home_is_refused(write_suite, isolated_home, capsys):
-    seed_store(isolated_home)
     isolated_home.chmod(0o555)
     try:
         assert main(["run", str(write_suite(TINY))]) == 2
